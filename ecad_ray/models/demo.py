@@ -1,0 +1,124 @@
+"""The built-in `demo` model: a PixArt-architecture text-to-image pipeline at toy size.
+
+Every part is a stock diffusers/transformers class (T5 tokenizer and encoder, PixArt
+transformer, AutoencoderKL, DPM-Solver scheduler), so everything ecad-ray does to real
+PixArt (caching hooks, embeddings, Ray stages) runs on it unchanged, offline, in seconds on a
+CPU. Weights come from `demo_assets/weights.safetensors` when present (trained by
+`ecad-ray demo train`), otherwise from a seeded random init, so the model is deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+ASSETS = Path(__file__).with_name("demo_assets")
+CONFIG_PATH = ASSETS / "config.json"
+WEIGHTS_PATH = ASSETS / "weights.safetensors"
+
+
+@lru_cache(maxsize=1)
+def demo_config() -> dict:
+    """The shipped demo configuration (architecture sizes, vocabulary, sampling defaults)."""
+    return json.loads(CONFIG_PATH.read_text())
+
+
+def build_tokenizer(config: dict | None = None):
+    """A word-level T5 tokenizer built from the config's vocabulary list (no file needed)."""
+    from transformers import T5Tokenizer
+
+    config = config or demo_config()
+    pieces = ["<pad>", "</s>", "<unk>"] + [f"\u2581{w}" for w in config["vocab"]]
+    vocab = [(piece, -float(i)) for i, piece in enumerate(pieces)]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=config["max_sequence_length"])
+
+
+def build_components(config: dict | None = None, weights: Path | None = WEIGHTS_PATH) -> dict:
+    """Build every pipeline component; load trained weights if the file exists."""
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    config = config or demo_config()
+    tokenizer = build_tokenizer(config)
+    torch.manual_seed(config["seed"])
+    te = config["text_encoder"]
+    text_encoder = T5EncoderModel(
+        T5Config(vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1, **te)
+    )
+    v = config["vae"]
+    n_blocks = len(v["block_out_channels"])
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n_blocks,
+        up_block_types=("UpDecoderBlock2D",) * n_blocks,
+        block_out_channels=tuple(v["block_out_channels"]),
+        layers_per_block=v["layers_per_block"],
+        latent_channels=v["latent_channels"],
+        norm_num_groups=v["norm_num_groups"],
+        sample_size=config["image_size"],
+    )
+    t = config["transformer"]
+    latent_size = config["image_size"] // 2 ** (n_blocks - 1)
+    inner = t["num_attention_heads"] * t["attention_head_dim"]
+    transformer = PixArtTransformer2DModel(
+        sample_size=latent_size,
+        num_layers=t["num_layers"],
+        patch_size=t["patch_size"],
+        attention_head_dim=t["attention_head_dim"],
+        num_attention_heads=t["num_attention_heads"],
+        caption_channels=te["d_model"],
+        in_channels=v["latent_channels"],
+        out_channels=v["latent_channels"],
+        cross_attention_dim=inner,
+        norm_type="ada_norm_single",
+        num_embeds_ada_norm=1000,
+    )
+    scheduler = DPMSolverMultistepScheduler(**config["scheduler"])
+    components = {
+        "tokenizer": tokenizer,
+        "text_encoder": text_encoder,
+        "vae": vae,
+        "transformer": transformer,
+        "scheduler": scheduler,
+    }
+    if weights is not None and Path(weights).exists():
+        load_weights(components, Path(weights))
+    for module in (text_encoder, vae, transformer):
+        module.eval()
+    return components
+
+
+def load_weights(components: dict, path: Path) -> None:
+    """Load a flat safetensors file whose keys are `<component>.<parameter>`."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    for name in ("text_encoder", "vae", "transformer"):
+        prefix = name + "."
+        part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if part:
+            components[name].load_state_dict(part, strict=True)
+
+
+def save_weights(components: dict, path: Path) -> None:
+    """Write the trainable components to one safetensors file (the inverse of `load_weights`)."""
+    from safetensors.torch import save_file
+
+    state = {}
+    for name in ("text_encoder", "vae", "transformer"):
+        for key, value in components[name].state_dict().items():
+            state[f"{name}.{key}"] = value.detach().contiguous().cpu()
+    tmp = Path(path).with_suffix(".tmp")
+    save_file(state, str(tmp), metadata={"model": "demo"})
+    tmp.replace(path)
+
+
+def build_pipeline(config: dict | None = None, weights: Path | None = WEIGHTS_PATH):
+    """The demo as a `PixArtAlphaPipeline`."""
+    from diffusers import PixArtAlphaPipeline
+
+    return PixArtAlphaPipeline(**build_components(config, weights))

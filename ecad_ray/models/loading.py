@@ -1,0 +1,115 @@
+"""Load a model's pipeline (whole, text half or denoising half) on a device and dtype.
+
+The Ray plan loads the text encoder in one stage and the transformer + VAE in another, so
+each half can be loaded without the other's weights. Missing weights (offline, not cached)
+become one `UserError` naming what is missing and how to supply it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from ecad_ray.errors import UserError
+from ecad_ray.models.registry import ModelSpec
+
+Part = Literal["all", "text", "denoise"]
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """`None`/`auto` picks CUDA when present, else CPU; anything else is checked."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise UserError(f"--device {device}: not a torch device ({err})") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA GPU is visible on this machine")
+    return dev
+
+
+def resolve_dtype(dtype: str | None, spec: ModelSpec, device: torch.device) -> torch.dtype:
+    """`auto`/`None` means the model's preferred dtype on a GPU and fp32 on a CPU."""
+    if dtype in (None, "auto"):
+        return _DTYPES[spec.dtype] if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise UserError(f"--dtype {dtype}: choose one of auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def _missing_weights(spec: ModelSpec, source: str, err: Exception) -> UserError:
+    return UserError(
+        f"model {spec.name}: cannot load {source} ({type(err).__name__}); it is not in the local "
+        f"Hugging Face cache and the hub cannot be reached. Download it where there is network "
+        f"(`huggingface-cli download {source}`) and copy the cache (HF_HOME), or pass --model "
+        "with a local save_pretrained folder"
+    )
+
+
+def _pipeline_class(spec: ModelSpec):
+    import diffusers
+
+    if spec.pipeline_class:
+        return getattr(diffusers, spec.pipeline_class)
+    return diffusers.AutoPipelineForText2Image
+
+
+def load_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype, part: Part = "all"):
+    """Load the pipeline with only the components `part` needs (others are `None`)."""
+    if spec.builtin:
+        from ecad_ray.models.demo import build_components
+
+        components = build_components()
+        pipe = _pipeline_class(spec)(**components)
+    else:
+        pipe = _load_hub_pipeline(spec, dtype, part)
+    pipe.set_progress_bar_config(disable=True)
+    _drop_unused(pipe, part)
+    return pipe.to(device=device, dtype=dtype) if spec.builtin else pipe.to(device)
+
+
+def _text_component_names(pipe) -> list[str]:
+    return [n for n in ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2") if hasattr(pipe, n)]
+
+
+def _drop_unused(pipe, part: Part) -> None:
+    """Free the half a stage does not use (diffusers allows `None` components)."""
+    if part == "all":
+        return
+    text = set(_text_component_names(pipe))
+    for name in list(pipe.components):
+        keep = (name in text) if part == "text" else (name not in text)
+        if not keep and name != "scheduler" and getattr(pipe, name, None) is not None:
+            setattr(pipe, name, None)
+
+
+def _load_hub_pipeline(spec: ModelSpec, dtype: torch.dtype, part: Part):
+    cls = _pipeline_class(spec)
+    kwargs: dict = {"torch_dtype": dtype}
+    if part == "text":
+        kwargs.update(transformer=None, vae=None)
+    elif part == "denoise":
+        kwargs.update(text_encoder=None, tokenizer=None)
+        if spec.family == "flux":
+            kwargs.update(text_encoder_2=None, tokenizer_2=None)
+    if spec.transformer_source and part != "text":
+        kwargs["transformer"] = _load_transformer(spec, dtype)
+    try:
+        return cls.from_pretrained(spec.pipeline_source, **kwargs)
+    except (OSError, ValueError) as err:
+        raise _missing_weights(spec, spec.pipeline_source, err) from err
+
+
+def _load_transformer(spec: ModelSpec, dtype: torch.dtype):
+    from diffusers import FluxTransformer2DModel, PixArtTransformer2DModel
+
+    cls = FluxTransformer2DModel if spec.family == "flux" else PixArtTransformer2DModel
+    try:
+        return cls.from_pretrained(
+            spec.transformer_source, subfolder=spec.transformer_subfolder, torch_dtype=dtype
+        )
+    except (OSError, ValueError) as err:
+        raise _missing_weights(spec, spec.transformer_source, err) from err

@@ -1,0 +1,162 @@
+"""Which model a name means, and how to load its parts.
+
+A model is named by a registry name (`demo`, `pixart-alpha-256`, `pixart-sigma-256`,
+`flux-dev`), a Hugging Face hub id, or a local folder written by `save_pretrained`. ECAD
+runs PixArt with the transformer from one repo and text encoder / VAE / scheduler from
+another, so a spec keeps the two sources apart.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ecad_ray.errors import UserError
+
+FAMILIES = ("pixart", "flux", "diffusers")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model's parts come from and the defaults it was trained for."""
+
+    name: str  # the name the user gave (registry name, hub id or folder): recorded in every output
+    family: str  # "pixart" | "flux" | "diffusers": picks the embedding and generation adapter
+    pipeline_source: str  # hub id or folder for the pipeline (tokenizer, text encoder, VAE, scheduler)
+    transformer_source: str | None = None  # separate transformer repo (ECAD's split), None = pipeline's
+    transformer_subfolder: str | None = "transformer"
+    pipeline_class: str | None = None  # diffusers class name; None = read from model_index.json
+    height: int = 256
+    width: int = 256
+    steps: int = 20
+    guidance_scale: float = 4.5
+    max_sequence_length: int = 120  # text tokens the encoder sees (PixArt-α 120, Σ 300, FLUX 512)
+    dtype: str = "fp32"  # preferred dtype on a GPU (fp32 on CPU always)
+    builtin: bool = False  # True for `demo`: built from configs shipped in the package
+    notes: str = field(default="", compare=False)
+
+
+def _demo_spec() -> ModelSpec:
+    from ecad_ray.models.demo import demo_config
+
+    cfg = demo_config()
+    return ModelSpec(
+        name="demo",
+        family="pixart",
+        pipeline_source="builtin:demo",
+        pipeline_class="PixArtAlphaPipeline",
+        height=cfg["image_size"],
+        width=cfg["image_size"],
+        steps=cfg["num_inference_steps"],
+        guidance_scale=cfg["guidance_scale"],
+        max_sequence_length=cfg["max_sequence_length"],
+        builtin=True,
+        notes="tiny PixArt-architecture model shipped in the package; runs offline on a CPU",
+    )
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    "pixart-alpha-256": ModelSpec(
+        name="pixart-alpha-256",
+        family="pixart",
+        pipeline_source="PixArt-alpha/PixArt-XL-2-1024-MS",
+        transformer_source="PixArt-alpha/PixArt-XL-2-256x256",
+        pipeline_class="PixArtAlphaPipeline",
+        dtype="fp16",
+        notes="ECAD's PixArt-α: 256² transformer + 1024-MS pipeline, fp16, 20 steps, guidance 4.5",
+    ),
+    "pixart-sigma-256": ModelSpec(
+        name="pixart-sigma-256",
+        family="pixart",
+        pipeline_source="PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",
+        transformer_source="PixArt-alpha/PixArt-Sigma-XL-2-256x256",
+        pipeline_class="PixArtSigmaPipeline",
+        max_sequence_length=300,
+        dtype="fp16",
+        notes="ECAD's PixArt-Σ: 256² transformer + Σ 1024-MS pipeline, fp16",
+    ),
+    "flux-dev": ModelSpec(
+        name="flux-dev",
+        family="flux",
+        pipeline_source="black-forest-labs/FLUX.1-dev",
+        pipeline_class="FluxPipeline",
+        guidance_scale=5.0,
+        max_sequence_length=512,
+        dtype="bf16",
+        notes="FLUX.1-dev, bf16, 256², guidance 5, 20 steps (ECAD's setting)",
+    ),
+}
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_FAMILY_BY_CLASS = {
+    "PixArtAlphaPipeline": "pixart",
+    "PixArtSigmaPipeline": "pixart",
+    "FluxPipeline": "flux",
+}
+
+
+def registry_names() -> list[str]:
+    """Every registry name, `demo` first."""
+    return ["demo", *REGISTRY]
+
+
+def _pipeline_class_of_folder(folder: Path) -> str | None:
+    index = folder / "model_index.json"
+    if not index.is_file():
+        return None
+    try:
+        return json.loads(index.read_text()).get("_class_name")
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{index}: not a readable model_index.json ({err})") from err
+
+
+def resolve_model(name: str) -> ModelSpec:
+    """Turn a user's `--model` value into a spec, or raise a one-line `UserError`."""
+    if name == "demo":
+        return _demo_spec()
+    if name in REGISTRY:
+        return REGISTRY[name]
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(
+                f"--model {name}: a single file is not a pipeline; give a folder written by "
+                "save_pretrained (it holds model_index.json)"
+            )
+        cls = _pipeline_class_of_folder(path)
+        if cls is None:
+            raise UserError(
+                f"--model {name}: no model_index.json in this folder; give a folder written by "
+                "a diffusers pipeline's save_pretrained"
+            )
+        return ModelSpec(
+            name=str(path),
+            family=_FAMILY_BY_CLASS.get(cls, "diffusers"),
+            pipeline_source=str(path.resolve()),
+            pipeline_class=cls,
+            **_folder_defaults(path, cls),
+        )
+    if _HUB_ID.match(name):
+        return ModelSpec(name=name, family="diffusers", pipeline_source=name)
+    raise UserError(
+        f"--model {name}: unknown model; use one of {', '.join(registry_names())}, "
+        "a Hugging Face hub id (owner/name) or a local save_pretrained folder"
+    )
+
+
+def _folder_defaults(path: Path, cls: str) -> dict:
+    """Size defaults for a local PixArt/FLUX folder, read from its transformer and VAE configs."""
+    out: dict = {}
+    try:
+        tcfg = json.loads((path / "transformer" / "config.json").read_text())
+        vcfg = json.loads((path / "vae" / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return out
+    scale = 2 ** (len(vcfg.get("block_out_channels", [0, 0, 0, 0])) - 1)
+    if "sample_size" in tcfg and cls.startswith("PixArt"):
+        out["height"] = out["width"] = int(tcfg["sample_size"]) * scale
+    if cls == "FluxPipeline":
+        out["guidance_scale"] = 3.5
+    return out

@@ -1,0 +1,3 @@
+from ecad_ray_cli.main import main
+
+main()

@@ -1,0 +1,53 @@
+"""Root of the `ecad-ray` CLI: registers each command module and reports user errors in one line."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ecad_ray.errors import UserError
+
+app = typer.Typer(
+    name="ecad-ray",
+    help="Faster text-to-image generation (layer caching, token pruning) on Ray, and what it costs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _register() -> None:
+    """Attach every command module. Each module exposes `register(app)`."""
+    from ecad_ray_cli import generate
+
+    for module in (generate,):
+        module.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry: run the app; a `UserError` becomes `error: ...` and exit code 1."""
+    try:
+        app(standalone_mode=False)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except typer.Exit as err:
+        sys.exit(err.exit_code)
+    except typer.Abort:
+        print("Aborted.", file=sys.stderr)
+        sys.exit(1)
+    except Exception as err:  # click usage errors carry their own exit code and message
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()
