@@ -60,6 +60,8 @@ def build_components(config: dict | None = None, weights: Path | None = WEIGHTS_
         latent_channels=v["latent_channels"],
         norm_num_groups=v["norm_num_groups"],
         sample_size=config["image_size"],
+        mid_block_add_attention=v.get("mid_block_add_attention", True),
+        scaling_factor=v.get("scaling_factor", 0.18215),
     )
     t = config["transformer"]
     latent_size = config["image_size"] // 2 ** (n_blocks - 1)
@@ -111,10 +113,32 @@ def save_weights(components: dict, path: Path) -> None:
     state = {}
     for name in ("text_encoder", "vae", "transformer"):
         for key, value in components[name].state_dict().items():
-            state[f"{name}.{key}"] = value.detach().contiguous().cpu()
+            state[f"{name}.{key}"] = value.detach().cpu().clone()  # clone: T5 ties two keys
     tmp = Path(path).with_suffix(".tmp")
     save_file(state, str(tmp), metadata={"model": "demo"})
     tmp.replace(path)
+
+
+def encode_captions(tokenizer, text_encoder, captions: list[str], max_length: int):
+    """Caption embeddings exactly as `PixArtAlphaPipeline.encode_prompt` makes them.
+
+    Lower-cased and stripped (the pipeline's preprocessing without bs4/ftfy), padded to
+    `max_length`, with the padding masked in the encoder. Training uses this so the model
+    learns on the same embeddings the pipeline feeds it. Returns (embeds_BLD, mask_BL).
+    """
+    texts = [c.lower().strip() for c in captions]
+    tokens = tokenizer(
+        texts,
+        padding="max_length",
+        max_length=max_length,
+        truncation=True,
+        add_special_tokens=True,
+        return_tensors="pt",
+    )
+    device = next(text_encoder.parameters()).device
+    mask_BL = tokens.attention_mask.to(device)
+    embeds_BLD = text_encoder(tokens.input_ids.to(device), attention_mask=mask_BL)[0]
+    return embeds_BLD, mask_BL
 
 
 def build_pipeline(config: dict | None = None, weights: Path | None = WEIGHTS_PATH):
