@@ -45,7 +45,7 @@ HEADS: dict[str, tuple[str, ...]] = {
 class JudgeConfig:
     """Judge size; small enough to train in a couple of minutes on a CPU."""
 
-    width: int = 32  # channels of the first conv stage (doubles at each of three stages)
+    width: int = 16  # channels of the first conv stage (doubles at each of three stages)
     feature_dim: int = 256  # penultimate layer: the FID feature vector
 
 

@@ -34,12 +34,13 @@ class TrainConfig:
     seed: int = 0
     n_train: int = 40_000  # rendered training images (captions from the train split only)
     threads: int = 2  # torch threads
-    judge_epochs: int = 3
-    vae_steps: int = 800
+    judge_epochs: int = 2
+    judge_images: int = 20_000  # the judge learns from the first this many training images
+    vae_steps: int = 600
     vae_batch: int = 32
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-4  # small: sharp reconstructions, but a bounded latent
-    dit_steps: int = 3500
+    dit_steps: int = 3000
     dit_batch: int = 64
     dit_lr: float = 3e-4
     dit_warmup: int = 200
@@ -181,7 +182,7 @@ def train_demo(out: Path = ASSETS, cfg: TrainConfig = TrainConfig(), log=print) 
     log(f"rendered {len(data.scenes)} images in {timings['data']:.0f}s")
     if not cfg.skip_judge:
         t = time.time()
-        judge = train_judge(data.images, data.scenes, epochs=cfg.judge_epochs, seed=cfg.seed, log=log)
+        judge = train_judge(data.images[:cfg.judge_images], data.scenes[:cfg.judge_images], epochs=cfg.judge_epochs, seed=cfg.seed, log=log)
         save_judge(judge, out / "judge.safetensors")
         timings["judge"] = time.time() - t
         log(f"judge trained in {timings['judge']:.0f}s")
