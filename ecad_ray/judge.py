@@ -120,6 +120,7 @@ def train_judge(images_NHWC: np.ndarray, scenes: list[Scene], *, epochs: int = 3
     judge = Judge()
     x_all = to_input(images_NHWC)
     y_all = scene_labels(scenes)
+    batch = min(batch, len(x_all))
     steps = epochs * (len(x_all) // batch)
     opt = torch.optim.AdamW(judge.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)

@@ -146,3 +146,35 @@ def build_pipeline(config: dict | None = None, weights: Path | None = WEIGHTS_PA
     from diffusers import PixArtAlphaPipeline
 
     return PixArtAlphaPipeline(**build_components(config, weights))
+
+
+@torch.no_grad()
+def sample_images(pipe, captions: list[str], seed: int = 0, batch_size: int = 16,
+                  guidance_scale: float | None = None, steps: int | None = None):
+    """Generate one 32×32 image per caption as uint8 NHWC (numpy).
+
+    Image i uses its own generator seeded `seed + i`, so an image does not depend on the batch
+    it was made in. Sampling settings default to the demo config (DPM-Solver, 20 steps, CFG).
+    """
+    import numpy as np
+
+    config = demo_config()
+    pipe.set_progress_bar_config(disable=True)
+    out = []
+    for start in range(0, len(captions), batch_size):
+        chunk = captions[start:start + batch_size]
+        gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
+        images = pipe(
+            chunk,
+            num_inference_steps=steps or config["num_inference_steps"],
+            guidance_scale=config["guidance_scale"] if guidance_scale is None else guidance_scale,
+            height=config["image_size"],
+            width=config["image_size"],
+            use_resolution_binning=False,
+            max_sequence_length=config["max_sequence_length"],
+            generator=gens,
+            output_type="np",
+            clean_caption=False,  # training saw lower-cased, stripped captions (the no-bs4 path)
+        ).images
+        out.append(np.clip(np.rint(images * 255), 0, 255).astype(np.uint8))
+    return np.concatenate(out)

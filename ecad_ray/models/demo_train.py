@@ -32,7 +32,7 @@ class TrainConfig:
     """Everything that decides the trained weights; defaults fit ~45 min on an idle 2-core CPU."""
 
     seed: int = 0
-    n_train: int = 40_000  # rendered training images (captions from the train split only)
+    n_train: int = 20_000  # rendered training images (captions from the train split only)
     threads: int = 2  # torch threads
     judge_epochs: int = 2
     judge_images: int = 20_000  # the judge learns from the first this many training images
@@ -41,7 +41,7 @@ class TrainConfig:
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-4  # small: sharp reconstructions, but a bounded latent
     dit_steps: int = 3000
-    dit_batch: int = 64
+    dit_batch: int = 32
     dit_lr: float = 3e-4
     dit_warmup: int = 200
     ema_decay: float = 0.999
@@ -82,7 +82,7 @@ def train_vae(vae, images_NHWC: np.ndarray, cfg: TrainConfig, log=print) -> None
             log(f"vae step {step}/{cfg.vae_steps} loss {loss.item():.4f}")
     vae.eval()
     with torch.no_grad():
-        means = torch.cat([vae.encode(x_all[i:i + 512]).latent_dist.mean for i in range(0, 4096, 512)])
+        means = torch.cat([vae.encode(x_all[i:i + 512]).latent_dist.mean for i in range(0, min(4096, len(x_all)), 512)])
         fold_latent_scale(vae, float(means.std()))
     log(f"vae latent std folded: {float(means.std()):.3f}")
 

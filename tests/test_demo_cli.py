@@ -1,0 +1,65 @@
+"""`ecad-ray demo score` on a run folder made of real shapes images, and `demo train`'s options."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+from typer.testing import CliRunner
+
+from ecad_ray.shapes import render_captions
+from ecad_ray_cli.main import app
+
+CAPTIONS = ["a small red circle above a blue square", "a large white cross", "a green triangle left of a yellow square"]
+
+
+def _fake_run(folder: Path, captions, images, schedule=None) -> Path:
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (caption, image) in enumerate(zip(captions, images)):
+        rel = f"images/{i:03d}.png"
+        Image.fromarray(image).save(folder / rel)
+        rows.append({"prompt": caption, "image_path": rel, "schedule": schedule or "none"})
+    pd.DataFrame(rows).to_parquet(folder / "results.parquet")
+    return folder
+
+
+def test_score_of_real_images_is_perfect_and_of_wrong_images_is_not(tmp_path):
+    captions = CAPTIONS * 4
+    real = render_captions(captions, seed=3).images
+    run = _fake_run(tmp_path / "good", captions, real)
+    result = CliRunner().invoke(app, ["demo", "score", str(run)])
+    assert result.exit_code == 0, result.output
+    row = [line for line in result.output.splitlines() if line.startswith("none")][0].split()
+    assert row[1] == "12" and row[2:5] == ["100.0%", "100.0%", "100.0%"]
+
+    wrong = render_captions(["a large blue square"] * len(captions), seed=3).images
+    bad = _fake_run(tmp_path / "bad", captions, wrong)
+    result = CliRunner().invoke(app, ["demo", "score", str(bad)])
+    assert result.exit_code == 0, result.output
+    row = [line for line in result.output.splitlines() if line.startswith("none")][0].split()
+    assert float(row[2].rstrip("%")) < 50
+
+
+def test_score_without_results_table_is_one_line_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "ecad_ray_cli", "demo", "score", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [f"error: {tmp_path}: no results.parquet; give the folder of an `ecad-ray generate` run"]
+
+
+def test_train_passes_options_to_the_trainer(tmp_path, monkeypatch):
+    import ecad_ray.models.demo_train as trainer
+
+    seen = {}
+
+    def fake_train(out, cfg, log):
+        seen.update(out=out, cfg=cfg)
+        return {"data": 1.0}
+
+    monkeypatch.setattr(trainer, "train_demo", fake_train)
+    result = CliRunner().invoke(app, ["demo", "train", "--out", str(tmp_path), "--steps", "40", "--seed", "3", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert seen["out"] == tmp_path
+    assert (seen["cfg"].dit_steps, seen["cfg"].seed, seen["cfg"].threads, seen["cfg"].checkpoint_every) == (40, 3, 1, 40)
