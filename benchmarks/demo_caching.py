@@ -1,0 +1,207 @@
+"""Does layer caching behave on the trained demo model as it does on real DiTs?
+
+    PYTHONPATH=. python benchmarks/demo_caching.py [--captions 64] [--seeds 2] [--grid docs/images/demo_caching_grid.png]
+
+Prints, in one run:
+1. adjacent-step similarity of every block's attn1 / attn2 / ff output over the 20 DPM-Solver
+   steps (cosine similarity and relative change between step s-1 and s, as in FORA/ECAD's
+   motivation);
+2. judge accuracy on held-out captions with full compute vs a FORA-style schedule that
+   recomputes every sub-layer every 2nd step and reuses the cached output in between;
+3. optionally an image grid: full compute (top row) vs cached (bottom row).
+
+The cached run uses `ecad_ray.caching` (`fora_schedule` + `apply_schedule`) when that package
+is installed; otherwise a minimal stand-in here (`_ReuseEveryN`) that swaps each sub-layer's
+forward for a cached output on skipped steps, so the numbers exist before the hooks land.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+import ecad_ray  # noqa: F401  (patches torchvision before diffusers loads)
+
+SUBLAYERS = ("attn1", "attn2", "ff")
+
+
+def _sublayers(transformer):
+    """(block index, sub-layer name, module) for every cacheable sub-layer."""
+    for i, block in enumerate(transformer.transformer_blocks):
+        for name in SUBLAYERS:
+            yield i, name, getattr(block, name)
+
+
+class _StepCounter:
+    """Counts transformer calls: one per denoising step (CFG runs both halves in one call)."""
+
+    def __init__(self, transformer):
+        self.step = -1
+        self.handle = transformer.register_forward_pre_hook(self._tick)
+
+    def _tick(self, module, args):
+        self.step += 1
+
+    def remove(self):
+        self.handle.remove()
+
+
+@contextmanager
+def record_sublayer_outputs(transformer):
+    """Collect each sub-layer's output at every step: {(block, name): [tensor per step]}."""
+    outputs: dict[tuple[int, str], list] = {}
+    handles = []
+    for i, name, module in _sublayers(transformer):
+        store = outputs.setdefault((i, name), [])
+        handles.append(module.register_forward_hook(lambda m, a, out, store=store: store.append(out.detach().clone())))
+    try:
+        yield outputs
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class _ReuseEveryN:
+    """Stand-in FORA cache: sub-layers run at steps divisible by n and replay their output otherwise."""
+
+    def __init__(self, transformer, n: int):
+        self.counter = _StepCounter(transformer)
+        self.originals = []
+        for _, _, module in _sublayers(transformer):
+            self.originals.append((module, module.forward))
+            module.forward = self._wrap(module.forward, n)
+
+    def _wrap(self, forward, n):
+        cache = {}
+
+        def cached_forward(*args, **kwargs):
+            if self.counter.step % n == 0 or "out" not in cache:
+                cache["out"] = forward(*args, **kwargs)
+            return cache["out"]
+
+        return cached_forward
+
+    def reset(self):
+        self.counter.step = -1
+
+    def remove(self):
+        self.counter.remove()
+        for module, forward in self.originals:
+            module.forward = forward
+
+
+@contextmanager
+def fora_cache(pipe, interval: int = 2):
+    """Apply recompute-every-`interval` to the pipeline's transformer; yields a `reset()` callable."""
+    try:
+        from ecad_ray.caching import apply_schedule
+        from ecad_ray.caching.baselines import fora_schedule
+        from ecad_ray.caching.spec import spec_from_transformer
+    except ImportError:
+        stand_in = _ReuseEveryN(pipe.transformer, interval)
+        print("(ecad_ray.caching not installed: using this script's stand-in FORA cache)")
+        try:
+            yield stand_in.reset
+        finally:
+            stand_in.remove()
+        return
+    from ecad_ray.models.demo import demo_config
+
+    cfg = demo_config()
+    spec = spec_from_transformer(pipe.transformer, cfg["image_size"], cfg["image_size"], cfg["max_sequence_length"])
+    handle = apply_schedule(pipe, fora_schedule(spec, cfg["num_inference_steps"], interval))
+    print(f"(using ecad_ray.caching: {type(handle).__name__})")
+    try:
+        yield lambda: None  # the hooks reset on scheduler.set_timesteps
+    finally:
+        handle.remove()
+
+
+def adjacent_similarity(outputs) -> dict[str, np.ndarray]:
+    """Per sub-layer kind: [step-1 x block] mean cosine similarity and relative L2 change."""
+    import torch
+
+    n_blocks = 1 + max(i for i, _ in outputs)
+    result = {}
+    for name in SUBLAYERS:
+        cos, rel = [], []
+        for i in range(n_blocks):
+            steps = outputs[(i, name)]
+            c_row, r_row = [], []
+            for prev, cur in zip(steps, steps[1:]):
+                a, b = prev.flatten(1).double(), cur.flatten(1).double()
+                c_row.append(float(torch.nn.functional.cosine_similarity(a, b, dim=1).mean()))
+                r_row.append(float(((b - a).norm(dim=1) / a.norm(dim=1)).mean()))
+            cos.append(c_row)
+            rel.append(r_row)
+        result[f"{name}_cos"] = np.array(cos).T
+        result[f"{name}_rel"] = np.array(rel).T
+    return result
+
+
+def main() -> None:
+    """Measure similarity, accuracy full vs cached, time, and optionally write the grid."""
+    import torch
+
+    from ecad_ray.judge import score
+    from ecad_ray.models.demo import WEIGHTS_PATH, build_pipeline, sample_images
+    from benchmarks.demo_quality import grid_png
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--captions", type=int, default=64, help="held-out captions to score")
+    parser.add_argument("--seeds", type=int, default=2, help="images per caption")
+    parser.add_argument("--weights", type=Path, default=WEIGHTS_PATH)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--grid", type=Path, default=None, help="write full (top) vs cached (bottom) grid")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    heldout = [x for x in Path("prompts/demo_heldout.txt").read_text().splitlines() if x][: args.captions]
+    captions = [c for _ in range(args.seeds) for c in heldout]
+    pipe = build_pipeline(weights=args.weights)
+
+    with record_sublayer_outputs(pipe.transformer) as outputs:
+        sample_images(pipe, heldout[:16], seed=0, batch_size=16)
+    sim = adjacent_similarity(outputs)
+    print("adjacent-step similarity of sub-layer outputs (16 images, mean over blocks):")
+    print(f"{'step':>4} " + " ".join(f"{n + ' cos':>10} {n + ' rel':>10}" for n in SUBLAYERS))
+    for s in range(sim["attn1_cos"].shape[0]):
+        print(f"{s + 1:>4} " + " ".join(f"{sim[n + '_cos'][s].mean():>10.3f} {sim[n + '_rel'][s].mean():>10.3f}" for n in SUBLAYERS))
+    print("mean " + " ".join(f"{sim[n + '_cos'].mean():>10.3f} {sim[n + '_rel'].mean():>10.3f}" for n in SUBLAYERS))
+
+    t = time.time()
+    full = sample_images(pipe, captions, seed=500, batch_size=32)
+    t_full = (time.time() - t) / len(captions)
+    with fora_cache(pipe, 2) as reset:
+        cached = []
+        t = time.time()
+        for start in range(0, len(captions), 32):  # one pipeline call per batch: reset the step count
+            reset()
+            cached.append(sample_images(pipe, captions[start:start + 32], seed=500 + start, batch_size=32))
+        t_cached = (time.time() - t) / len(captions)
+        cached = np.concatenate(cached)
+    a, b = score(captions, full), score(captions, cached)
+    print(f"\n{len(captions)} images ({len(heldout)} held-out captions x {args.seeds} seeds), {args.threads} thread(s)")
+    print(f"{'':<24} {'colour':>7} {'shape':>7} {'position':>8} {'ms/image':>9}")
+    print(f"{'full compute':<24} {a.colour:>7.1%} {a.shape:>7.1%} {a.position:>8.1%} {t_full * 1000:>9.0f}")
+    print(f"{'FORA recompute-every-2':<24} {b.colour:>7.1%} {b.shape:>7.1%} {b.position:>8.1%} {t_cached * 1000:>9.0f}")
+    print(f"{'difference (points)':<24} {100 * (b.colour - a.colour):>+7.1f} {100 * (b.shape - a.shape):>+7.1f} "
+          f"{100 * (b.position - a.position):>+8.1f}")
+    diff = np.abs(full.astype(int) - cached.astype(int))
+    print(f"mean |full - cached| pixel difference: {diff.mean():.2f} grey levels")
+    if args.grid:
+        prompts = [x for x in Path("prompts/demo.txt").read_text().splitlines() if x][:8]
+        top = sample_images(pipe, prompts, seed=7)
+        with fora_cache(pipe, 2) as reset:
+            reset()
+            bottom = sample_images(pipe, prompts, seed=7, batch_size=len(prompts))
+        grid_png([top, bottom], args.grid)
+        print(f"grid -> {args.grid} (top: full compute, bottom: recompute every 2nd step) for: " + " | ".join(prompts))
+
+
+if __name__ == "__main__":
+    main()
