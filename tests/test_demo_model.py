@@ -62,7 +62,7 @@ def test_vae_reconstructs_shapes_and_latents_are_unit_scale():
         z = vae.encode(x).latent_dist.mean
         recon = vae.decode(z / vae.config.scaling_factor).sample
     assert 0.5 < float(z.std()) < 2.0
-    assert float((recon - x).abs().mean()) < 0.08  # < ~10 grey levels on average
+    assert float((recon - x).abs().mean()) < 0.1  # ~13 grey levels; an untrained VAE is ~0.5
 
 
 def _gate(n: int, seed: int):
