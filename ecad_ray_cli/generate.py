@@ -81,7 +81,8 @@ def run(config: GenerateConfig) -> None:
         summary = run_generate(config, progress)
     console.print(
         f"{summary.new_images} new image(s), {summary.kept_images} kept, in {summary.seconds:.1f} s -> "
-        f"{summary.output_dir}/images; table: {summary.results_path}"
+        f"{summary.output_dir}/images; table: {summary.results_path}",
+        soft_wrap=True,
     )
 
 

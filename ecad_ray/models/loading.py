@@ -68,7 +68,9 @@ def load_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype, par
         pipe = _load_hub_pipeline(spec, dtype, part)
     pipe.set_progress_bar_config(disable=True)
     _drop_unused(pipe, part)
-    return pipe.to(device=device, dtype=dtype) if spec.builtin else pipe.to(device)
+    if spec.builtin and dtype != torch.float32:
+        pipe = pipe.to(dtype=dtype)
+    return pipe.to(device)
 
 
 def _text_component_names(pipe) -> list[str]:
