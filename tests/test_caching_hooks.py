@@ -246,3 +246,18 @@ def test_demo_baseline_schedules_apply_to_the_demo_model(demo_pipe):
             _demo_run(demo_pipe, steps=schedule.num_inference_steps)
         assert handle.stats.runs == 1, path
         assert spec.num_blocks == schedule.num_blocks
+
+
+def test_flux_single_blocks_skip_unconsumed_outputs_exactly(flux_pipe):
+    from ecad_ray.caching.spec import spec_from_config
+
+    spec = spec_from_config(dict(flux_pipe.transformer.config), 32, 32, text_len=8, vae_scale_factor=2)
+    schedule = random_schedule(spec, STEPS, p_recompute=0.5, seed=11)
+    with apply_schedule(flux_pipe, schedule) as handle:
+        hooked = _flux_run(flux_pipe, batch=2)
+    with oracle_schedule(flux_pipe.transformer, schedule, cfg=False):
+        expected = _flux_run(flux_pipe, batch=2)
+    torch.testing.assert_close(hooked, expected, rtol=1e-5, atol=1e-6)
+    assert handle.stats.skipped_unconsumed > 0
+    report = cache_memory(schedule, spec, batch=2, bytes_per_element=4, cfg=False)
+    assert handle.peak_cache_bytes == report.peak_bytes < report.keep_all_bytes

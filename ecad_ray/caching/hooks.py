@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-from ecad_ray.caching.liveness import keep_flags, recompute_flags
+from ecad_ray.caching.liveness import plan_sublayer
 from ecad_ray.caching.schedule import Schedule
 from ecad_ray.caching.spec import SINGLE_PREFIX
 from ecad_ray.caching.validate import validate_schedule
@@ -73,6 +73,7 @@ class CacheStats:
     computed: int = 0  # sub-layer calls that ran the module
     reused: int = 0  # sub-layer calls served from the cache
     empty_cache_recomputes: int = 0  # reuses that found nothing cached and recomputed
+    skipped_unconsumed: int = 0  # scheduled computes skipped because nothing ever used the output
     current_bytes: int = 0
     peak_bytes: int = 0  # the largest total held by the cache at any moment
 
@@ -133,19 +134,21 @@ class SubLayerCacheHook:
         self.state = state
         self.block = block
         self.component = component
-        self.recompute = recompute_flags(schedule, block, component)
-        self.keep = keep_flags(self.recompute)
+        self.plan = plan_sublayer(schedule, block, component)
+        self.flagged_reuse_at_0 = not schedule.recompute(0, block, component)
         self.cache_dtype = cache_dtype
         self.tgate = tgate  # reuse = mean of the CFG halves when the batch was halved
         self.cached: Any = None
         self.cached_dtypes: list[torch.dtype] = []
         self._module: torch.nn.Module | None = None
         self._original: Callable | None = None
+        self._out_features = 0
 
     # -- attaching -------------------------------------------------------------------------
     def attach(self, module: torch.nn.Module) -> None:
         """Wrap `module.forward` (an instance attribute, removed again by `detach`)."""
         self._module = module
+        self._out_features = getattr(module, "out_features", None) or getattr(module, "inner_dim", 0)
         self._original = module.forward
         module.forward = functools.update_wrapper(functools.partial(self._forward), self._original)
 
@@ -196,29 +199,44 @@ class SubLayerCacheHook:
             return reduced
         return None
 
+    def _placeholder(self, x: torch.Tensor) -> torch.Tensor:
+        """Zeros shaped like the output, for a step where nothing consumes it (FLUX single blocks)."""
+        return x.new_zeros((*x.shape[:-1], self._out_features))
+
     def _forward(self, *args, **kwargs):
         state = self.state
         s = state.step
         if s is None:  # called outside a counted transformer call: behave as stock
             return self._original(*args, **kwargs)
+        plan = self.plan
+        x = args[0] if args else kwargs.get("hidden_states")
         output = None
-        if not self.recompute[s]:
-            x = args[0] if args else kwargs.get("hidden_states")
+        if plan.compute[s]:
+            self._set(None)  # superseded by this step's output
+            if s == 0 and self.flagged_reuse_at_0 and plan.runs(s):
+                state.empty_reuses.append(f"block {self.block} {self.component}")
+                state.stats.empty_cache_recomputes += 1
+            if not plan.runs(s):  # nothing consumes it, now or later
+                state.stats.skipped_unconsumed += 1
+                return self._placeholder(x)
+        elif plan.consumed[s]:
             output = self._lookup(x.shape[0])
-            if output is None:
+            if output is None:  # e.g. the batch size changed mid-run
                 state.empty_reuses.append(f"block {self.block} {self.component}")
                 state.stats.empty_cache_recomputes += 1
             else:
                 state.stats.reused += 1
                 output = self._restore(output)
-        computed = output is None
-        if computed:
+        else:
+            if not plan.keep[s]:
+                self._set(None)
+            return self._placeholder(x)
+        if output is None:
             output = self._original(*args, **kwargs)
             state.stats.computed += 1
-        if self.keep[s]:
-            if computed:
+            if plan.keep[s]:
                 self._store(output)
-        elif self.cached is not None:
+        elif not plan.keep[s]:
             self._set(None)
         return output
 

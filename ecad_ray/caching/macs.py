@@ -21,22 +21,28 @@ from ecad_ray.caching.spec import SINGLE_PREFIX, TransformerSpec
 ALWAYS = "always"  # key of the per-step cost paid whatever the schedule says
 
 
-def component_macs(spec: TransformerSpec) -> dict[str, int]:
-    """MACs of one sample through each cacheable sub-layer of one block."""
+def component_macs(spec: TransformerSpec, attention_products: bool = False) -> dict[str, int]:
+    """MACs of one sample through each cacheable sub-layer of one block.
+
+    `attention_products` adds the score and value products (Q·Kᵀ, A·V) that ECAD's count
+    leaves out; use it to predict run time rather than to compare with ECAD.
+    """
     d, n, t = spec.hidden, spec.image_tokens, spec.text_len
     f = spec.ff_mult * d
     if spec.family == "pixart":
         return {
-            "attn1": 4 * n * d * d,  # q, k, v, out projections over image tokens
-            "attn2": 2 * n * d * d + 2 * t * spec.cross_attention_dim * d,  # q/out on image, k/v on text
+            "attn1": 4 * n * d * d + (2 * n * n * d if attention_products else 0),  # q, k, v, out
+            "attn2": 2 * n * d * d + 2 * t * spec.cross_attention_dim * d  # q/out on image, k/v on text
+            + (2 * n * t * d if attention_products else 0),
             "ff": 2 * n * d * f,
         }
     seq = n + t
+    products = 2 * seq * seq * d if attention_products else 0
     return {
-        "full_attn": 4 * seq * d * d,  # q/k/v/out for image tokens and their text twins
+        "full_attn": 4 * seq * d * d + products,  # q/k/v/out for image tokens and their text twins
         "full_ff": 2 * n * d * f,
         "full_ff_context": 2 * t * d * f,
-        "single_attn": 3 * seq * d * d,  # q, k, v (pre-only attention: no out projection)
+        "single_attn": 3 * seq * d * d + products,  # q, k, v (pre-only attention: no out projection)
         "single_proj_mlp": seq * d * f,
         "single_proj_out": seq * (d + f) * d,
     }
@@ -86,9 +92,10 @@ def _samples(spec: TransformerSpec, schedule: Schedule, step: int, cfg: bool) ->
     return spec.ecad_mac_batch
 
 
-def schedule_mac_report(schedule: Schedule, spec: TransformerSpec, cfg: bool = True) -> MacReport:
+def schedule_mac_report(schedule: Schedule, spec: TransformerSpec, cfg: bool = True,
+                        attention_products: bool = False) -> MacReport:
     """Per-step and per-component MACs of `schedule` on `spec` (ECAD's counting convention)."""
-    per = component_macs(spec)
+    per = component_macs(spec, attention_products)
     always = always_macs(spec)
     full_step = always + sum(
         per[c] for b in spec.block_names for c in spec.components_of(b)

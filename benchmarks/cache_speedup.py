@@ -1,0 +1,109 @@
+"""Transformer time with vs without caching, against what the MAC count promises ("efficiency").
+
+Model: PixArt architecture with random weights, 8 blocks, hidden 384 (6 heads x 64), 32x32
+latents (256 tokens), 120 text tokens, CFG batch of 2 (one image), 20 steps, fp32 on the CPU,
+one torch thread. Only the transformer calls of a denoising loop are timed (no text encoder,
+VAE or scheduler), in CPU time of this process (`time.process_time`): on a CPU shared with
+other jobs wall-clock time mostly measures their load. Configurations are timed round-robin
+(`--repeats` rounds, median kept) after a short warm-up.
+
+efficiency = (time uncached / time cached) / (MACs uncached / MACs cached)
+
+MAC ratios are shown both in ECAD's convention (linears only) and with the attention score /
+value products, which caching skips too; efficiency uses the latter (what the CPU executes).
+Run: PYTHONPATH=. python benchmarks/cache_speedup.py [--repeats 2] [--steps 20] [--blocks 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import ecad_ray  # noqa: F401  (torchvision shim before diffusers)
+import torch
+
+from ecad_ray.caching import apply_schedule, load_schedule, schedule_mac_report, spec_from_transformer
+from ecad_ray.caching.baselines import default_schedule, every_schedule, fora_schedule, tgate_schedule
+from ecad_ray.caching.schedule import make_schedule
+from ecad_ray.caching.testing import tiny_pixart_transformer
+
+ECAD_FAST = "schedules/schedules_in_paper/pixart_alpha_256/ours_fast.json"
+ECAD_FASTEST = "schedules/schedules_in_paper/pixart_alpha_256/ours_fastest.json"
+
+
+def squeeze_blocks(path: str, blocks: int, steps: int):
+    """A published 28-block schedule on `blocks` evenly spaced blocks (keeps its step pattern)."""
+    real = load_schedule(path)
+    picks = [round(i * (real.num_blocks - 1) / max(blocks - 1, 1)) for i in range(blocks)]
+    bits = {s: {str(i): {c: real.recompute(s, str(b), c) for c in ("attn1", "attn2", "ff")}
+                for i, b in enumerate(picks)} for s in range(steps)}
+    return make_schedule(f"{real.name}[{blocks} blocks]", bits, blocks, steps)
+
+
+@torch.inference_mode()
+def denoise(model, inputs, steps: int) -> float:
+    """Seconds spent in the transformer over one CFG denoising loop."""
+    latents, embeds, mask = inputs
+    spent = 0.0
+    for i in range(steps):
+        x = torch.cat([latents, latents])
+        t = torch.tensor([999 - i * (999 // steps)]).expand(2)
+        start = time.process_time()
+        out = model(x, encoder_hidden_states=embeds, encoder_attention_mask=mask, timestep=t,
+                    added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False)[0]
+        spent += time.process_time() - start
+        uncond, cond = out[:, :4].chunk(2)
+        latents = latents - (uncond + 4.5 * (cond - uncond)) / steps
+    return spent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2, help="timed rounds per configuration (median kept)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--blocks", type=int, default=8)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    model = tiny_pixart_transformer(num_layers=args.blocks, heads=6, head_dim=64, sample_size=32, caption_channels=1024)
+    g = torch.Generator().manual_seed(0)
+    inputs = (torch.randn(1, 4, 32, 32, generator=g), torch.randn(2, 120, 1024, generator=g), torch.ones(2, 120))
+    spec = spec_from_transformer(model, text_len=120)
+    n = args.steps
+    schedules = [
+        default_schedule(spec, n),
+        fora_schedule(spec, n, 2),
+        fora_schedule(spec, n, 3),
+        every_schedule(spec, n, {"attn1": 2, "attn2": 4, "ff": 2}),
+        tgate_schedule(spec, n, gate_step=n // 2, sp_interval=3),
+        squeeze_blocks(ECAD_FAST, args.blocks, n),
+        squeeze_blocks(ECAD_FASTEST, args.blocks, n),
+    ]
+    denoise(model, inputs, 5)  # warm-up: allocator, kernels
+    times: dict[str, list[float]] = {s.name: [] for s in schedules}
+    times["(no hooks)"] = []
+    for _ in range(args.repeats):
+        times["(no hooks)"].append(denoise(model, inputs, n))
+        for schedule in schedules:
+            with apply_schedule(model, schedule, cfg=True):
+                times[schedule.name].append(denoise(model, inputs, n))
+    base = statistics.median(times["(no hooks)"])
+    print(f"PixArt-like transformer: {args.blocks} blocks, hidden 384, 256 tokens, CFG batch 2, {n} steps, "
+          f"1 thread, {args.repeats} rounds (median)")
+    print(f"uncached (no hooks): {base:.3f} s CPU per loop")
+    print(f"{'schedule':52s} {'time s':>7s} {'speedup':>8s} {'MAC ratio':>10s} {'(ECAD conv.)':>12s} {'efficiency':>10s}")
+    efficiencies = []
+    for schedule in schedules:
+        t = statistics.median(times[schedule.name])
+        full = schedule_mac_report(schedule, spec, attention_products=True)
+        ecad = schedule_mac_report(schedule, spec)
+        ideal = 1 / full.ratio
+        eff = (base / t) / ideal
+        if schedule.name != "default":
+            efficiencies.append(eff)
+        print(f"{schedule.name:52s} {t:7.3f} {base / t:7.2f}x {ideal:9.2f}x {1 / ecad.ratio:11.2f}x {eff:10.3f}")
+    print(f"mean efficiency over cached schedules: {statistics.mean(efficiencies):.3f} (target >= 0.85)")
+
+
+if __name__ == "__main__":
+    main()
