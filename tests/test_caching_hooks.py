@@ -261,3 +261,23 @@ def test_flux_single_blocks_skip_unconsumed_outputs_exactly(flux_pipe):
     assert handle.stats.skipped_unconsumed > 0
     report = cache_memory(schedule, spec, batch=2, bytes_per_element=4, cfg=False)
     assert handle.peak_cache_bytes == report.peak_bytes < report.keep_all_bytes
+
+
+def test_remove_restores_another_librarys_forward_wrapper(pixart):
+    calls = []
+    attn1 = pixart.transformer_blocks[0].attn1
+    stock = attn1.forward
+
+    def other_hook(*args, **kwargs):  # e.g. accelerate's offloading sets an instance forward
+        calls.append(1)
+        return stock(*args, **kwargs)
+
+    attn1.forward = other_hook
+    try:
+        schedule = fora_schedule(spec_from_transformer(pixart), STEPS, 2)
+        with apply_schedule(pixart, schedule):
+            pixart_denoise(pixart, STEPS)
+        assert len(calls) == STEPS // 2  # ran through the other hook on computed steps only
+        assert vars(attn1)["forward"] is other_hook
+    finally:
+        del attn1.forward

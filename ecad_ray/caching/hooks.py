@@ -102,6 +102,24 @@ class _RunState:
         self.halved = False
 
 
+def _wrap_attribute(obj, name: str, wrapper) -> Callable[[], None]:
+    """Set `obj.name = wrapper` as an instance attribute; return the undo.
+
+    The undo puts back an instance attribute that was there before (another library's hook,
+    e.g. accelerate's offloading), or removes ours so the class method shows through again.
+    """
+    had, previous = name in vars(obj), vars(obj).get(name)
+    setattr(obj, name, wrapper)
+
+    def undo() -> None:
+        if had:
+            setattr(obj, name, previous)
+        else:
+            vars(obj).pop(name, None)
+
+    return undo
+
+
 def _tree_map(fn: Callable[[torch.Tensor], torch.Tensor], value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return fn(value)
@@ -150,12 +168,13 @@ class SubLayerCacheHook:
         self._module = module
         self._out_features = getattr(module, "out_features", None) or getattr(module, "inner_dim", 0)
         self._original = module.forward
-        module.forward = functools.update_wrapper(functools.partial(self._forward), self._original)
+        self._undo = _wrap_attribute(module, "forward",
+                                     functools.update_wrapper(functools.partial(self._forward), self._original))
 
     def detach(self) -> None:
         """Restore the module's own forward and drop the cache."""
         if self._module is not None:
-            self._module.__dict__.pop("forward", None)
+            self._undo()
             self._module = None
         self.reset()
 
@@ -259,12 +278,13 @@ class ScheduleStepHook:
         self._module = transformer
         self._original = transformer.forward
         self._signature = inspect.signature(self._original)
-        transformer.forward = functools.update_wrapper(functools.partial(self._forward), self._original)
+        self._undo = _wrap_attribute(transformer, "forward",
+                                     functools.update_wrapper(functools.partial(self._forward), self._original))
 
     def detach(self) -> None:
         """Restore the transformer's own forward."""
         if self._module is not None:
-            self._module.__dict__.pop("forward", None)
+            self._undo()
             self._module = None
 
     def _begin(self, bound: inspect.BoundArguments) -> None:
@@ -363,6 +383,7 @@ class ScheduleCacheHandle:
         self.state = state
         self.step_hook = step_hook
         self.scheduler = scheduler
+        self._undo_scheduler: Callable[[], None] = lambda: None
 
     @property
     def stats(self) -> CacheStats:
@@ -384,7 +405,7 @@ class ScheduleCacheHandle:
             hook.detach()
         self.step_hook.detach()
         if self.scheduler is not None:
-            self.scheduler.__dict__.pop("set_timesteps", None)
+            self._undo_scheduler()
             self.scheduler = None
         if getattr(self.transformer, _HANDLE_ATTR, None) is self:
             delattr(self.transformer, _HANDLE_ATTR)
@@ -435,13 +456,13 @@ def apply_schedule_cache(transformer, config: ScheduleCacheConfig, scheduler=Non
     step_hook.attach(transformer)
     handle = ScheduleCacheHandle(transformer, state, step_hook)
     if scheduler is not None:
-        _attach_scheduler_reset(scheduler, handle, config)
+        handle._undo_scheduler = _attach_scheduler_reset(scheduler, handle, config)
         handle.scheduler = scheduler
     setattr(transformer, _HANDLE_ATTR, handle)
     return handle
 
 
-def _attach_scheduler_reset(scheduler, handle: ScheduleCacheHandle, config: ScheduleCacheConfig) -> None:
+def _attach_scheduler_reset(scheduler, handle: ScheduleCacheHandle, config: ScheduleCacheConfig) -> Callable[[], None]:
     original = scheduler.set_timesteps
     n = config.schedule.num_inference_steps
 
@@ -457,7 +478,7 @@ def _attach_scheduler_reset(scheduler, handle: ScheduleCacheHandle, config: Sche
             )
         return result
 
-    scheduler.set_timesteps = set_timesteps
+    return _wrap_attribute(scheduler, "set_timesteps", set_timesteps)
 
 
 def apply_schedule(target, schedule: Schedule, cache_dtype: torch.dtype | None = None,
