@@ -1,5 +1,7 @@
 """Schedules applied with hooks: exact against stock diffusers and against a naive oracle."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -17,7 +19,7 @@ from ecad_ray.caching.testing import (
 from ecad_ray.errors import UserError
 
 STEPS = 6
-ECAD = "/work/shared/ecad-schedules"
+ECAD = str(Path(__file__).resolve().parents[1] / "schedules")  # ECAD's published schedules, copied
 
 
 @pytest.fixture(scope="module")

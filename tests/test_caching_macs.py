@@ -10,9 +10,9 @@ from ecad_ray.caching.macs import always_macs, component_macs
 from ecad_ray.caching.schedule import make_schedule
 from ecad_ray.caching.spec import shipped_config
 
-ECAD = Path("/work/shared/ecad-schedules")
+ECAD = Path(__file__).resolve().parents[1] / "schedules"  # ECAD's published schedules, copied
 PIXART_ALPHA = sorted(
-    p for p in ECAD.rglob("*.json") if "flux" not in str(p) and "sigma" not in str(p)
+    p for p in ECAD.rglob("*.json") if "flux" not in str(p) and "sigma" not in str(p) and "demo" not in p.parts
 )
 FLUX = sorted(p for p in ECAD.rglob("*.json") if "flux" in str(p))
 
