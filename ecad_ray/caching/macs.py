@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ecad_ray.caching.schedule import Schedule, step_key
-from ecad_ray.caching.spec import SINGLE_PREFIX, TransformerSpec
+from ecad_ray.caching.spec import TransformerSpec
 
 ALWAYS = "always"  # key of the per-step cost paid whatever the schedule says
 
@@ -125,8 +125,3 @@ def schedule_mac_report(schedule: Schedule, spec: TransformerSpec, cfg: bool = T
 def schedule_macs(schedule: Schedule, spec: TransformerSpec, cfg: bool = True) -> int:
     """Total MACs of `schedule` on `spec`, comparable to ECAD's `metrics.total_macs`."""
     return schedule_mac_report(schedule, spec, cfg).total
-
-
-def is_single(block: str) -> bool:
-    """True for FLUX single-stream block keys."""
-    return block.startswith(SINGLE_PREFIX)

@@ -26,6 +26,7 @@ class _Store:
         self.cfg = cfg
         self.step = 0
         self.half = False  # this call runs the cond half only (TGATE after the gate step)
+        self.current_batch = 0  # samples in this call
         self.outputs: dict[tuple[str, str], object] = {}
 
     def sublayer(self, block: str, component: str, run):
@@ -35,7 +36,7 @@ class _Store:
             self.outputs[key] = run()
             return self.outputs[key]
         stored = self.outputs[key]
-        if self.half and _batch(stored) != _batch_now(self):
+        if self.half and _batch(stored) != self.current_batch:
             first, second = _split(stored)
             if component == "attn2" and block in self.schedule.tgate_blocks():
                 stored = _zip(first, second, lambda a, b: (a + b) / 2)
@@ -47,10 +48,6 @@ class _Store:
 
 def _batch(value) -> int:
     return value.shape[0] if isinstance(value, torch.Tensor) else value[0].shape[0]
-
-
-def _batch_now(store: _Store) -> int:
-    return store.current_batch
 
 
 def _split(value):

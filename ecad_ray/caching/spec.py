@@ -48,6 +48,7 @@ class TransformerSpec:
     ff_mult: int = 4  # feed-forward / single-block MLP width multiple
     height: int = 256
     width: int = 256
+    vae_scale_factor: int = 8  # image pixels per latent pixel
     ecad_mac_batch: int = 2  # samples per step ECAD's calflops count included (see docs/caching.md)
     name: str = ""  # shipped config name or hub id, for messages
 
@@ -65,7 +66,7 @@ class TransformerSpec:
 
     def at_size(self, height: int, width: int, text_len: int | None = None) -> "TransformerSpec":
         """The same model sampled at another image size (and optionally text length)."""
-        tokens = image_tokens(self.family, height, width, self.patch_size, vae_scale_factor=8)
+        tokens = image_tokens(self.family, height, width, self.patch_size, self.vae_scale_factor)
         return replace(
             self,
             height=height,
@@ -122,6 +123,7 @@ def spec_from_config(
         text_len=text_len,
         height=height,
         width=width,
+        vae_scale_factor=vae_scale_factor,
         ecad_mac_batch=ecad_mac_batch,
         name=name,
     )
