@@ -15,6 +15,9 @@ The uncached time is the faster of the stock transformer and the all-recompute s
 MAC ratios are shown both in ECAD's convention (linears only) and with the attention score /
 value products, which caching skips too; efficiency uses the latter (what the CPU executes).
 Run: PYTHONPATH=. python benchmarks/cache_speedup.py [--repeats 3] [--steps 20] [--blocks 8]
+On a GPU (wall-clock with CUDA synchronisation instead of CPU time), PixArt-XL-2 size:
+  python benchmarks/cache_speedup.py --device cuda --dtype fp16 --blocks 28 --heads 16 \
+      --head-dim 72 --caption-channels 4096 --images 16
 """
 
 from __future__ import annotations
@@ -44,18 +47,26 @@ def squeeze_blocks(path: str, blocks: int, steps: int):
     return make_schedule(f"{real.name}[{blocks} blocks]", bits, blocks, steps)
 
 
+def _clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return time.perf_counter()
+    return time.process_time()
+
+
 @torch.inference_mode()
 def denoise(model, inputs, steps: int) -> float:
     """Seconds spent in the transformer over one CFG denoising loop."""
     latents, embeds, mask = inputs
+    device = latents.device
     spent = 0.0
     for i in range(steps):
         x = torch.cat([latents, latents])
-        t = torch.tensor([999 - i * (999 // steps)]).expand(2)
-        start = time.process_time()
+        t = torch.tensor([999 - i * (999 // steps)], device=device).expand(x.shape[0])
+        start = _clock(device)
         out = model(x, encoder_hidden_states=embeds, encoder_attention_mask=mask, timestep=t,
                     added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False)[0]
-        spent += time.process_time() - start
+        spent += _clock(device) - start
         uncond, cond = out[:, :4].chunk(2)
         latents = latents - (uncond + 4.5 * (cond - uncond)) / steps
     return spent
@@ -66,11 +77,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds per configuration (fastest kept)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--blocks", type=int, default=8)
+    parser.add_argument("--heads", type=int, default=6)
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--caption-channels", type=int, default=1024)
+    parser.add_argument("--images", type=int, default=1, help="images per call (the CFG batch is twice that)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    model = tiny_pixart_transformer(num_layers=args.blocks, heads=6, head_dim=64, sample_size=32, caption_channels=1024)
+    device = torch.device(args.device)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    model = tiny_pixart_transformer(num_layers=args.blocks, heads=args.heads, head_dim=args.head_dim, sample_size=32,
+                                    caption_channels=args.caption_channels)
+    if device.type != "cpu" or dtype != torch.float32:
+        model = model.to(device, dtype)
     g = torch.Generator().manual_seed(0)
-    inputs = (torch.randn(1, 4, 32, 32, generator=g), torch.randn(2, 120, 1024, generator=g), torch.ones(2, 120))
+    b = args.images
+    inputs = tuple(v.to(device, dtype) for v in (
+        torch.randn(b, 4, 32, 32, generator=g), torch.randn(2 * b, 120, args.caption_channels, generator=g),
+        torch.ones(2 * b, 120)))
     spec = spec_from_transformer(model, text_len=120)
     n = args.steps
     schedules = [
@@ -94,9 +119,10 @@ def main() -> None:
                 times[schedule.name].append(denoise(model, inputs, n))
     stock, hooked = min(times["(no hooks)"]), min(times["default"])
     base = min(stock, hooked)  # same work either way; the faster keeps efficiency conservative
-    print(f"PixArt-like transformer: {args.blocks} blocks, hidden 384, 256 tokens, CFG batch 2, {n} steps, "
-          f"1 thread, {args.repeats} rounds (fastest)")
-    print(f"uncached: {stock:.3f} s CPU per loop without hooks, {hooked:.3f} s with all-recompute hooks; "
+    clock = "s wall (CUDA)" if device.type == "cuda" else "s CPU"
+    print(f"PixArt-like transformer: {args.blocks} blocks, hidden {args.heads * args.head_dim}, 256 tokens, "
+          f"CFG batch {2 * b}, {n} steps, {args.dtype} on {device}, {args.repeats} rounds (fastest)")
+    print(f"uncached: {stock:.3f} {clock} per loop without hooks, {hooked:.3f} with all-recompute hooks; "
           f"reference {base:.3f} s")
     print(f"{'schedule':52s} {'time s':>7s} {'speedup':>8s} {'MAC ratio':>10s} {'(ECAD conv.)':>12s} {'efficiency':>10s}")
     efficiencies = []
