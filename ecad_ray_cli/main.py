@@ -24,9 +24,9 @@ def _root() -> None:
 
 def _register() -> None:
     """Attach every command module. Each module exposes `register(app)`."""
-    from ecad_ray_cli import demo, generate
+    from ecad_ray_cli import demo, embeddings, generate, schedule
 
-    for module in (generate, demo):
+    for module in (generate, embeddings, schedule, demo):
         module.register(app)
 
 
