@@ -104,3 +104,25 @@ def test_tiny_training_run_writes_loadable_weights(tmp_path):
     pipe = build_pipeline(weights=tmp_path / "weights.safetensors")
     images = sample_images(pipe, ["a red circle"], steps=2)
     assert images.shape == (1, 32, 32, 3)
+
+
+@pytest.mark.slow
+def test_fora_every_2_keeps_attribute_accuracy_within_5_points():
+    """Caching behaves as on real DiTs: recompute-every-2 costs little accuracy on the demo."""
+    from ecad_ray.caching import apply_schedule
+    from ecad_ray.caching.baselines import fora_schedule
+    from ecad_ray.caching.spec import spec_from_transformer
+    from ecad_ray.judge import score
+
+    cfg = demo_config()
+    pipe = build_pipeline()
+    captions = HELDOUT[:32]
+    full = score(captions, sample_images(pipe, captions, seed=3, batch_size=32))
+    spec = spec_from_transformer(pipe.transformer, cfg["image_size"], cfg["image_size"], cfg["max_sequence_length"])
+    handle = apply_schedule(pipe, fora_schedule(spec, cfg["num_inference_steps"], 2))
+    try:
+        cached = score(captions, sample_images(pipe, captions, seed=3, batch_size=32))
+        assert handle.stats.reused > 0
+    finally:
+        handle.remove()
+    assert abs(cached.colour - full.colour) <= 0.05 and abs(cached.shape - full.shape) <= 0.05, (full, cached)

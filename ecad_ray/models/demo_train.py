@@ -6,7 +6,8 @@ Stages (each deterministic from `TrainConfig.seed`):
 3. the VAE (AutoencoderKL, reconstruction + a small KL term), then frozen; its latent scale is
    folded into its own weights so the shipped `scaling_factor` is 1.0;
 4. the T5 text encoder and the PixArt transformer together, with the standard
-   epsilon-prediction DDPM loss on the scheduler's noise schedule and caption dropout (the
+   epsilon-prediction DDPM loss on the scheduler's noise schedule (Min-SNR-5 weighted over
+   timesteps, which converges several times faster for DiTs) and caption dropout (the
    empty caption is the pipeline's negative prompt) so classifier-free guidance works.
    Captions are embedded by `encode_captions`, the pipeline's own `encode_prompt` path.
 An exponential moving average of the transformer and text encoder is what gets saved.
@@ -42,8 +43,9 @@ class TrainConfig:
     vae_kl_weight: float = 1e-4  # small: sharp reconstructions, but a bounded latent
     dit_steps: int = 3000
     dit_batch: int = 32
-    dit_lr: float = 3e-4
-    dit_warmup: int = 200
+    dit_lr: float = 1e-3
+    dit_warmup: int = 100
+    min_snr_gamma: float = 5.0  # Min-SNR loss weighting (Hang et al. 2023): faster convergence
     ema_decay: float = 0.999
     caption_dropout: float = 0.1  # fraction of captions replaced by "" (the CFG negative prompt)
     checkpoint_every: int = 500  # write weights (EMA) every this many transformer steps
@@ -147,7 +149,9 @@ def train_denoiser(components: dict, latents: tuple[torch.Tensor, torch.Tensor],
         zt = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
         pred = transformer(zt, encoder_hidden_states=emb_BLD, encoder_attention_mask=mask_BL,
                            timestep=t, added_cond_kwargs=added).sample
-        loss = (pred - noise).pow(2).mean()
+        snr = ab.flatten() / (1 - ab.flatten())
+        weight = snr.clamp(max=cfg.min_snr_gamma) / snr  # epsilon-prediction form of Min-SNR-gamma
+        loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(params, 1.0)
