@@ -20,6 +20,9 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed for data, initialisation and batches.")] = 0,
     threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
     skip_judge: Annotated[bool, typer.Option(help="Keep the existing judge; train only the generator.")] = False,
+    init_from: Annotated[Path | None, typer.Option(help="Continue from this weights file (its VAE is kept; "
+                                                   "text encoder + transformer train --steps more).")] = None,
+    lr: Annotated[float, typer.Option(help="Peak learning rate of the text encoder + transformer.")] = 1e-3,
 ) -> None:
     """Train the demo VAE, text encoder, transformer and judge from scratch (about 45 min on 2 CPU cores)."""
     from ecad_ray.models.demo import ASSETS
@@ -29,8 +32,13 @@ def train(
         raise UserError(f"--steps {steps}: must be at least 1")
     if threads < 1:
         raise UserError(f"--threads {threads}: must be at least 1")
+    if init_from is not None and not init_from.is_file():
+        raise UserError(f"--init-from {init_from}: no such weights file")
+    if lr <= 0:
+        raise UserError(f"--lr {lr}: must be positive")
     cfg = TrainConfig(seed=seed, dit_steps=steps, threads=threads, skip_judge=skip_judge,
-                      checkpoint_every=min(500, steps))
+                      checkpoint_every=min(500, steps), dit_lr=lr,
+                      init_from=str(init_from) if init_from else None)
     timings = train_demo(out or ASSETS, cfg, log=lambda m: typer.echo(m))
     typer.echo("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
 

@@ -62,4 +62,11 @@ def test_train_passes_options_to_the_trainer(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["demo", "train", "--out", str(tmp_path), "--steps", "40", "--seed", "3", "--threads", "1"])
     assert result.exit_code == 0, result.output
     assert seen["out"] == tmp_path
-    assert (seen["cfg"].dit_steps, seen["cfg"].seed, seen["cfg"].threads, seen["cfg"].checkpoint_every) == (40, 3, 1, 40)
+    cfg = seen["cfg"]
+    assert (cfg.dit_steps, cfg.seed, cfg.threads, cfg.checkpoint_every, cfg.dit_lr, cfg.init_from) == (40, 3, 1, 40, 1e-3, None)
+
+
+def test_train_init_from_missing_file_is_an_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "ecad_ray_cli", "demo", "train", "--init-from", str(tmp_path / "w.safetensors")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "--init-from" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -50,6 +50,7 @@ class TrainConfig:
     caption_dropout: float = 0.1  # fraction of captions replaced by "" (the CFG negative prompt)
     checkpoint_every: int = 500  # write weights (EMA) every this many transformer steps
     skip_judge: bool = False  # reuse an existing judge file (e.g. when only the generator changes)
+    init_from: str | None = None  # continue from this weights file: keep its VAE, train the denoiser further
 
 
 def _cosine_lr(step: int, total: int, warmup: int) -> float:
@@ -191,8 +192,12 @@ def train_demo(out: Path = ASSETS, cfg: TrainConfig = TrainConfig(), log=print) 
         timings["judge"] = time.time() - t
         log(f"judge trained in {timings['judge']:.0f}s")
     t = time.time()
-    components = build_components(weights=None)
-    train_vae(components["vae"], data.images, cfg, log)
+    if cfg.init_from:
+        components = build_components(weights=Path(cfg.init_from))
+        log(f"continuing from {cfg.init_from} (its VAE is kept)")
+    else:
+        components = build_components(weights=None)
+        train_vae(components["vae"], data.images, cfg, log)
     latents = encode_latents(components["vae"], data.images)
     timings["vae"] = time.time() - t
     log(f"vae trained in {timings['vae']:.0f}s")
