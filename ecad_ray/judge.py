@@ -200,9 +200,13 @@ def clean_fid_extractor(judge: Judge | None = None):
 
 def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     """FID between two feature sets (clean-fid's Fréchet distance on their means/covariances)."""
+    import warnings
+
     from cleanfid.fid import frechet_distance as fd
 
-    return float(fd(feats_a.mean(0), np.cov(feats_a, rowvar=False), feats_b.mean(0), np.cov(feats_b, rowvar=False)))
+    with warnings.catch_warnings():  # few images -> singular covariances; the value is still defined
+        warnings.simplefilter("ignore")
+        return float(fd(feats_a.mean(0), np.cov(feats_a, rowvar=False), feats_b.mean(0), np.cov(feats_b, rowvar=False)))
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,6 @@ class TrainConfig:
     caption_dropout: float = 0.1  # fraction of captions replaced by "" (the CFG negative prompt)
     checkpoint_every: int = 500  # write weights (EMA) every this many transformer steps
     skip_judge: bool = False  # reuse an existing judge file (e.g. when only the generator changes)
-    text_pretrain_steps: int = 300  # first teach the fresh T5 to encode the caption's attributes (see below)
     init_from: str | None = None  # continue from this weights file: keep its VAE, train the denoiser further
 
 
@@ -114,55 +113,6 @@ def encode_latents(vae, images_NHWC: np.ndarray, batch: int = 512) -> tuple[torc
     return torch.cat(means), torch.cat(stds)
 
 
-def _caption_targets(captions: list[str]) -> dict[str, torch.Tensor]:
-    """Per caption: class of every attribute it names (objects in caption order; "none" last)."""
-    from ecad_ray.shapes import BACKGROUNDS, COLOUR_NAMES, RELATIONS, SHAPES, SIZES, parse_caption
-
-    rows: dict[str, list[int]] = {k: [] for k in ("c0", "s0", "z0", "c1", "s1", "z1", "rel", "bg")}
-    for caption in captions:
-        spec = parse_caption(caption)
-        objs = list(zip(spec.objects, spec.sizes)) + [(None, None)] * (2 - len(spec.objects))
-        for i, (obj, size) in enumerate(objs):
-            rows[f"c{i}"].append(COLOUR_NAMES.index(obj.colour) if obj else len(COLOUR_NAMES))
-            rows[f"s{i}"].append(SHAPES.index(obj.shape) if obj else len(SHAPES))
-            rows[f"z{i}"].append(SIZES.index(size) if size else len(SIZES))
-        rows["rel"].append(RELATIONS.index(spec.relation) if spec.relation else len(RELATIONS))
-        rows["bg"].append(BACKGROUNDS.index(spec.background) if spec.background else len(BACKGROUNDS))
-    return {k: torch.tensor(v) for k, v in rows.items()}
-
-
-def pretrain_text_encoder(tokenizer, text_encoder, captions: list[str], cfg: TrainConfig, log=print) -> None:
-    """Teach a fresh T5 to encode what a caption says before the transformer sees it.
-
-    Jointly from scratch, the transformer first learns to ignore the (still meaningless) caption
-    features and takes thousands of steps to start listening; a T5 whose pooled output already
-    predicts every named attribute gives it a useful signal from step 0. The probe heads are
-    thrown away; only the encoder keeps what it learned.
-    """
-    from ecad_ray.models.demo import encode_captions
-
-    if cfg.text_pretrain_steps <= 0:
-        return
-    targets = _caption_targets(captions)
-    width = text_encoder.config.d_model
-    heads = nn.ModuleDict({k: nn.Linear(width, int(v.max()) + 1) for k, v in targets.items()})
-    params = list(text_encoder.parameters()) + list(heads.parameters())
-    opt = torch.optim.AdamW(params, lr=2e-3)
-    gen = torch.Generator().manual_seed(cfg.seed + 3)
-    max_len = demo_config()["max_sequence_length"]
-    text_encoder.train()
-    for step in range(cfg.text_pretrain_steps):
-        idx = torch.randint(0, len(captions), (128,), generator=gen)
-        emb_BLD, mask_BL = encode_captions(tokenizer, text_encoder, [captions[i] for i in idx.tolist()], max_len)
-        pooled_BD = (emb_BLD * mask_BL[..., None]).sum(1) / mask_BL.sum(1, keepdim=True)
-        loss = sum(nn.functional.cross_entropy(head(pooled_BD), targets[k][idx]) for k, head in heads.items())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 100 == 0 or step == cfg.text_pretrain_steps - 1:
-            log(f"text pretrain step {step}/{cfg.text_pretrain_steps} loss {loss.item():.3f}")
-
-
 def _ema_update(ema: nn.Module, live: nn.Module, decay: float) -> None:
     with torch.no_grad():
         for e, p in zip(ema.parameters(), live.parameters()):
@@ -177,8 +127,6 @@ def train_denoiser(components: dict, latents: tuple[torch.Tensor, torch.Tensor],
     max_len = config["max_sequence_length"]
     alphas_bar = components["scheduler"].alphas_cumprod.float()
     n_steps = len(alphas_bar)
-    if cfg.init_from is None:
-        pretrain_text_encoder(components["tokenizer"], text_encoder, captions, cfg, log)
     ema = {"text_encoder": copy.deepcopy(text_encoder).eval(), "transformer": copy.deepcopy(transformer).eval()}
     params = list(text_encoder.parameters()) + list(transformer.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.dit_lr, weight_decay=0.01)
