@@ -121,12 +121,12 @@ def test_fora_every_2_keeps_attribute_accuracy_within_5_points():
 
     cfg = demo_config()
     pipe = build_pipeline()
-    captions = HELDOUT[:32]
-    full = score(captions, sample_images(pipe, captions, seed=3, batch_size=32))
+    captions = HELDOUT * 2  # 128 images: at 32 one object is ~2 points, too coarse for a 5-point bound
+    full = score(captions, sample_images(pipe, captions, seed=500, batch_size=32))
     spec = spec_from_transformer(pipe.transformer, cfg["image_size"], cfg["image_size"], cfg["max_sequence_length"])
     handle = apply_schedule(pipe, fora_schedule(spec, cfg["num_inference_steps"], 2))
     try:
-        cached = score(captions, sample_images(pipe, captions, seed=3, batch_size=32))
+        cached = score(captions, sample_images(pipe, captions, seed=500, batch_size=32))
         assert handle.stats.reused > 0
     finally:
         handle.remove()
