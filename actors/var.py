@@ -7,13 +7,13 @@ stage in the error. The library does the work (`ecad_ray.var.run`).
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from typing import Any
 
-import json
-
 import numpy as np
 
+from actors.stage import Stage
 from ecad_ray.var.outputs import pack_files, unpack_files, write_item
 from ecad_ray.var.run import ROW_COLUMNS, BatchGenerator, VarRunOptions
 
@@ -36,8 +36,11 @@ def check_columns(stage: str, batch: dict[str, Any], columns: dict[str, str]) ->
         raise ValueError(f"{stage}: batch lacks column(s) {wanted}")
 
 
-class VarGenerator:
+class VarGenerator(Stage):
     """Callable class for `map_batches`: rows (ROW_COLUMNS) -> generated items (GENERATED_COLUMNS)."""
+
+    consumes = ROW_COLUMNS
+    produces = GENERATED_COLUMNS
 
     def __init__(self, options: dict[str, Any]):
         opts = dict(options)
@@ -46,9 +49,9 @@ class VarGenerator:
         self.generate = BatchGenerator(VarRunOptions(**opts))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        check_columns("VarGenerator", batch, ROW_COLUMNS)
+        n = self.check(batch)
         rows = [{c: batch[c][i].item() if hasattr(batch[c][i], "item") else batch[c][i] for c in ROW_COLUMNS}
-                for i in range(len(batch["item_name"]))]
+                for i in range(n)]
         out = {"item_name": [], "files_npz": [], "config_json": []}
         # class rows and prompt rows become separate sub-batches (a model takes one kind of condition)
         for kind in (True, False):

@@ -34,11 +34,16 @@ _DERIVED_VAR_KEYS = ("lvl_1L", "attn_bias_for_masking")
 _DERIVED_VAE_KEYS = ("quantize.ema_vocab_hit_SV",)
 
 
-def build_models(config: VarModelConfig, seed: int = 0) -> tuple[VQVAE, VAR]:
-    """Tokenizer and transformer for a config, with seeded random weights."""
+def build_models(config: VarModelConfig, seed: int = 0, for_training: bool = False) -> tuple[VQVAE, VAR]:
+    """Tokenizer and transformer for a config, with seeded random weights.
+
+    `for_training` starts every block as the identity (zero adaLN gates); otherwise the gates
+    are open so a random-weight stand-in model computes something in every layer."""
     torch.manual_seed(seed)
     vqvae = VQVAE(config.vqvae, config.var.patch_nums)
     var = VAR(config.var, config.vqvae.z_channels, config.vqvae.vocab_size)
+    if not for_training:
+        var.init_weights(gate=1.0)
     return vqvae, var
 
 

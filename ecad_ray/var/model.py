@@ -171,8 +171,9 @@ class VAR(nn.Module):
         self.register_buffer("attn_bias_for_masking", mask, persistent=False)
         self.init_weights()
 
-    def init_weights(self, std: float = 0.02) -> None:
-        """Small normal weights; adaLN gates start at zero so each block starts as the identity."""
+    def init_weights(self, std: float = 0.02, gate: float = 0.0) -> None:
+        """Small normal weights. adaLN gates start at `gate`: 0 (each block starts as the identity,
+        for training) or 1 (blocks act at once, for random-weight models used as stand-ins)."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=std)
@@ -184,7 +185,13 @@ class VAR(nn.Module):
         nn.init.trunc_normal_(self.pos_1LC, std=std)
         for b in self.blocks:
             b.ada_lin[-1].weight.data[: 2 * self.C].zero_()  # gamma1, gamma2
-        self.head.weight.data.mul_(0.1)
+            b.ada_lin[-1].bias.data[: 2 * self.C].fill_(gate)
+        if gate == 0:
+            self.head.weight.data.mul_(0.1)
+        else:  # a stand-in: the condition and every token should visibly change the samples
+            nn.init.normal_(self.head.weight, std=3 / math.sqrt(self.C))
+            cond_layer = self.class_emb if self.cfg.cond == "class" else self.text_proj
+            nn.init.normal_(cond_layer.weight, std=1.0)
 
     # ---- conditioning -------------------------------------------------------------------
     def cond_embed(self, cond: torch.Tensor, drop_B: torch.Tensor | None = None) -> torch.Tensor:

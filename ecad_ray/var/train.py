@@ -126,7 +126,7 @@ def train_demo(out: str | Path, config: VarModelConfig | None = None, tc: TrainC
     torch.set_num_threads(tc.threads)
     t0 = time.time()
     images, labels = digits_dataset(config.image_size)
-    vqvae, var = build_models(config, seed=tc.seed)
+    vqvae, var = build_models(config, seed=tc.seed, for_training=True)
     log(f"data {tuple(images.shape)}; vqvae {sum(p.numel() for p in vqvae.parameters()) / 1e6:.2f}M params, "
         f"var {sum(p.numel() for p in var.parameters()) / 1e6:.2f}M params")
     rec_mse = train_vqvae(vqvae, images, tc, log)
