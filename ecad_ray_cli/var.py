@@ -58,19 +58,23 @@ def generate(
     options = VarRunOptions(model=model, vae=vae, controller=spec, cfg=cfg, top_k=top_k, top_p=top_p,
                             prune_layers=parse_layer_range(prune_layers), save_intermediates=save_intermediates,
                             spectra=spectra, device=device)
-    _check_options(options)
+    _check_options(options, rows)
     configs = launch_generate(rows, options, output_dir, num_actors, batch_size)
     secs = sum(c["seconds_per_image"] for c in configs) / max(len(configs), 1)
     typer.echo(f"{len(configs)} images -> {output_dir} (controller {spec}; {secs:.3f} s/image in the generators)")
 
 
-def _check_options(options) -> None:
-    """Fail fast in the driver (bad model, widths, layers) before Ray actors start."""
+def _check_options(options, rows) -> None:
+    """Fail fast in the driver (bad model, widths, layers, classes, prompts) before Ray actors start."""
     from ecad_ray.var.checkpoints import load_var_model
     from ecad_ray.var.controllers import make_controller
 
     pipe = load_var_model(options.model, options.vae)
     make_controller(options.controller, pipe.patch_nums)
+    if rows[0]["class_label"] >= 0:
+        pipe.conditions(classes=sorted({r["class_label"] for r in rows}))
+    else:
+        pipe.conditions(prompts=[r["prompt"] for r in rows])
     if options.prune_layers and options.prune_layers[1] > pipe.config.var.depth:
         raise UserError(f"--prune-layers: end {options.prune_layers[1]} is past the model's {pipe.config.var.depth} layers")
 

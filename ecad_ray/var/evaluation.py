@@ -32,7 +32,7 @@ class EvalOptions:
     """How `var eval` scores images."""
 
     lpips_backbone: str = "pretrained"  # "pretrained" (AlexNet weights needed) or "random" (pnet_rand=True)
-    clip_model: str | None = None  # hub id or folder; None = the default, skipped with one line if absent
+    clip_model: str | None = None  # hub id or folder; None = the default (skipped with one line if absent); "" = off
     device: str = "cpu"  # where LPIPS / CLIP run
     lpips_min_size: int = 64  # smaller images are upsampled (bilinear) so AlexNet's pooling fits
 
@@ -107,10 +107,15 @@ class LpipsScorer:
             if not weights.exists():
                 raise UserError(f"LPIPS: torchvision's AlexNet weights are missing ({weights}); copy "
                                 f"{ALEXNET_WEIGHTS} there or pass --lpips-random-backbone (a fixed random backbone)")
+        import warnings
+
         import lpips
 
         torch.manual_seed(0)  # the random backbone is the same in every run
-        self.model = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=backbone == "random", verbose=False).to(device).eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torchvision's deprecation notes about `pretrained=`
+            self.model = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=backbone == "random",
+                                     verbose=False).to(device).eval()
         self.backbone, self.device, self.min_size = backbone, device, min_size
 
     @torch.no_grad()
@@ -179,7 +184,7 @@ def evaluate(orig: str | Path, others: dict[str, str | Path], options: EvalOptio
     has_text = any(prompts.values())
     lp = LpipsScorer(options.lpips_backbone, options.device, options.lpips_min_size)
     clip = None
-    if has_text:
+    if has_text and options.clip_model != "":
         try:
             clip = ClipScorer(options.clip_model or DEFAULT_CLIP, options.device)
         except UserError as err:
@@ -231,7 +236,7 @@ def summarize(df, folders: dict[str, Path]):
     for name in folders:
         part = df[df["set"] == name]
         finite_psnr = part["psnr"].replace([np.inf], np.nan)
-        rows.append({"set": name, "images": int(len(part)) if name != "orig" else None,
+        rows.append({"set": name, "images": len(find_images(folders[name])) if name == "orig" else int(len(part)),
                      "psnr": finite_psnr.mean(), "psnr_identical": int((part["psnr"] == np.inf).sum()),
                      "ssim": part["ssim"].mean(), "lpips": part["lpips"].mean(), "clip_score": part["clip_score"].mean(),
                      "sec_per_image": speeds[name],

@@ -166,3 +166,21 @@ def write_run_files(out_dir: str | Path, options: VarRunOptions, configs: list[d
         **(extra or {}), "items": configs})
     write_json(out_dir / "metadata.json", {
         c["item_name"]: {"prompt": c["prompt"], "class": c["class_label"], "seed": c["seed"]} for c in configs})
+
+
+def generate_local(rows: list[dict[str, Any]], options: VarRunOptions, output_dir: str | Path,
+                   batch_size: int = 8) -> list[dict[str, Any]]:
+    """The same run as the Ray plan, in this process (for tests, benchmarks and debugging)."""
+    from ecad_ray.var.outputs import write_item
+
+    t0 = time.perf_counter()
+    generate = BatchGenerator(options)
+    configs = []
+    for kind in (True, False):  # class rows, then prompt rows
+        part = [r for r in rows if (int(r["class_label"]) >= 0) == kind]
+        for i in range(0, len(part), batch_size):
+            for name, files, config in generate(part[i:i + batch_size]):
+                write_item(output_dir, name, files, config)
+                configs.append(config)
+    write_run_files(output_dir, options, configs, time.perf_counter() - t0, {"batch_size": batch_size, "ray": False})
+    return configs
