@@ -16,7 +16,7 @@ from ecad_ray.var.generation import VarPipeline
 from ecad_ray.var.checkpoints import build_models
 from ecad_ray.var.model import LayerKV
 from ecad_ray.var.pruning import pivotal_indices, restore_tokens, transformer_flops
-from ecad_ray.var.sampling import filter_logits
+from ecad_ray.var.sampling import candidates, filter_logits, make_generators, sample_tokens
 
 
 def tiny(**var_overrides) -> VarPipeline:
@@ -146,6 +146,18 @@ def test_top_k_top_p_filtering():
     assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [[[False, False, True, True]]]
     assert torch.isinf(filter_logits(logits, top_p=0.7)).tolist() == [[[False, False, True, True]]]
     assert not torch.isinf(filter_logits(logits, top_k=0, top_p=0.0)).any()
+
+
+@pytest.mark.parametrize("top_k, top_p", [(0, 0.0), (5, 0.0), (0, 0.8), (7, 0.6), (40, 0.95)])
+def test_fast_sampling_keeps_the_filtered_distribution(top_k, top_p):
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 50) * 2
+    reference = filter_logits(logits, top_k, top_p).softmax(-1)
+    probs, ids = candidates(logits, top_k, top_p)
+    dense = probs if ids is None else torch.zeros_like(reference).scatter(-1, ids, probs)
+    torch.testing.assert_close(dense, reference, atol=1e-6, rtol=1e-5)
+    idx = sample_tokens(logits, make_generators([1, 2]), top_k, top_p)
+    assert (reference.gather(-1, idx.unsqueeze(-1)) > 0).all()
 
 
 def test_controllers_and_width_strings():

@@ -24,13 +24,37 @@ def filter_logits(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0) 
     return logits_BlV
 
 
+def candidates(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The tokens `filter_logits` keeps, as (probabilities (B, l, k), vocabulary ids or None = all).
+
+    Works on the top-k slice only (a partial selection instead of sorting the whole
+    vocabulary), which matters at large vocabularies: sampling would otherwise cost a sizable
+    share of a pruned scale's time.
+    """
+    V = logits_BlV.shape[-1]
+    use_p = 0.0 < top_p < 1.0
+    if 0 < top_k < V:
+        vals, ids = logits_BlV.topk(top_k, dim=-1)  # sorted, most likely first
+    elif use_p:
+        vals, ids = logits_BlV.sort(dim=-1, descending=True)
+    else:
+        return logits_BlV.softmax(dim=-1), None
+    probs = vals.softmax(dim=-1)
+    if use_p:
+        mass_before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely tokens
+        probs = probs.masked_fill(mass_before >= top_p, 0.0)
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+    return probs, ids
+
+
 def sample_tokens(logits_BlV: torch.Tensor, generators: list[torch.Generator], top_k: int = 0,
                   top_p: float = 0.0) -> torch.Tensor:
     """One token per position (B, l), item b drawn with `generators[b]`."""
-    probs_BlV = filter_logits(logits_BlV.float(), top_k, top_p).softmax(dim=-1)
-    return torch.stack([
-        torch.multinomial(probs_BlV[b], num_samples=1, generator=g)[:, 0] for b, g in enumerate(generators)
+    probs, ids = candidates(logits_BlV.float(), top_k, top_p)
+    picks_Bl = torch.stack([
+        torch.multinomial(probs[b], num_samples=1, generator=g)[:, 0] for b, g in enumerate(generators)
     ])
+    return picks_Bl if ids is None else ids.gather(-1, picks_Bl.unsqueeze(-1)).squeeze(-1)
 
 
 def make_generators(seeds: list[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
