@@ -150,7 +150,7 @@ def spectra_cmd(
 
 @var_app.command("train")
 def train_cmd(
-    output: Annotated[Path, typer.Option(help="Where the trained safetensors goes.")] = Path("ecad_ray/var/assets/demo-var.safetensors"),
+    output: Annotated[Optional[Path], typer.Option(help="Where the trained safetensors goes (default: the shipped demo-var file).")] = None,
     vq_steps: Annotated[int, typer.Option(help="Tokenizer updates.")] = 400,
     var_steps: Annotated[int, typer.Option(help="Transformer updates.")] = 800,
     batch_size: Annotated[int, typer.Option(help="Images per update.")] = 48,
@@ -158,13 +158,14 @@ def train_cmd(
     threads: Annotated[int, typer.Option(help="Torch threads.")] = 1,
 ) -> None:
     """Train `demo-var` (digits, 16x16) on a CPU: tokenizer, then transformer."""
+    from ecad_ray.var.checkpoints import DEMO_WEIGHTS
     from ecad_ray.var.train import TrainConfig, train_demo
 
     if min(vq_steps, var_steps, batch_size, threads) < 1:
         raise UserError("--vq-steps / --var-steps / --batch-size / --threads: must be >= 1")
     tc = TrainConfig(vq_steps=vq_steps, var_steps=var_steps, batch_size=batch_size, seed=seed, threads=threads,
                      warmup=min(50, vq_steps, var_steps))
-    train_demo(output, tc=tc, log=lambda s: typer.echo(s))
+    train_demo(output or DEMO_WEIGHTS, tc=tc, log=lambda s: typer.echo(s))
 
 
 def register(app: typer.Typer) -> None:

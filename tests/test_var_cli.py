@@ -104,3 +104,23 @@ def test_end_to_end_generate_spectra_eval(tmp_path):
     assert (fst["lpips"] > 0).all() and (fst["psnr"] < 60).all()
     assert df["clip_score"].isna().all()  # class-conditioned: no text prompts
     assert "fast" in result.output and "speedup" in result.output
+
+
+def test_train_command_runs_a_short_training(tmp_path, monkeypatch):
+    from ecad_ray.var import train as train_mod
+
+    seen = {}
+    real = train_mod.train_demo
+
+    def short(out, tc=None, log=print, config=None):
+        seen["tc"] = tc
+        return real(out, tc=train_mod.TrainConfig(vq_steps=2, var_steps=2, batch_size=8, warmup=1, num_images=32), log=log)
+
+    monkeypatch.setattr(train_mod, "train_demo", short)
+    out = tmp_path / "m.safetensors"
+    result = runner.invoke(app, ["var", "train", "--output", str(out), "--var-steps", "5"])
+    assert result.exit_code == 0, result.output
+    assert seen["tc"] == train_mod.TrainConfig(vq_steps=400, var_steps=5, batch_size=48, warmup=5)
+    from ecad_ray.var import load_var_model
+
+    assert load_var_model(str(out)).config.name == "demo-var"

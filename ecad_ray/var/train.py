@@ -38,6 +38,7 @@ class TrainConfig:
     label_smoothing: float = 0.1  # VAR's cross-entropy smoothing
     seed: int = 0  # data order and initial weights
     threads: int = 1  # torch threads (the machine is shared)
+    num_images: int = 0  # use only the first N digits (0 = all 1,797); for quick checks
 
 
 def digits_dataset(image_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,6 +127,8 @@ def train_demo(out: str | Path, config: VarModelConfig | None = None, tc: TrainC
     torch.set_num_threads(tc.threads)
     t0 = time.time()
     images, labels = digits_dataset(config.image_size)
+    if tc.num_images:
+        images, labels = images[:tc.num_images], labels[:tc.num_images]
     vqvae, var = build_models(config, seed=tc.seed, for_training=True)
     log(f"data {tuple(images.shape)}; vqvae {sum(p.numel() for p in vqvae.parameters()) / 1e6:.2f}M params, "
         f"var {sum(p.numel() for p in var.parameters()) / 1e6:.2f}M params")
