@@ -82,7 +82,7 @@ def quality(pipe, n_images: int, backbone: str) -> dict[str, dict[str, float]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds per setting (median reported)")
-    ap.add_argument("--batch", type=int, default=1, help="images per generate call in the speed runs")
+    ap.add_argument("--batch", type=int, default=8, help="images per generate call in the speed runs")
     ap.add_argument("--quality-images", type=int, default=20, help="demo-var images per setting for quality")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--speed-model", default="random:benchmark", help="model for the speed runs")

@@ -40,10 +40,11 @@ def test_kv_cached_scales_match_teacher_forcing(pipe):
     with torch.no_grad():
         full_BLV = var(cond_BD, quant.teacher_inputs(idx))
         kvs = [LayerKV() for _ in var.blocks]
+        mods = var.modulations(cond_BD)  # adaLN computed once, as generation does
         f_hat = torch.zeros(2, quant.Cvae, pipe.patch_nums[-1], pipe.patch_nums[-1])
         for si, (b, e) in enumerate(var.begin_ends):
             x = var.start_tokens(cond_BD) if si == 0 else var.scale_tokens(si, f_hat)
-            step_BlV = var.logits(var.run_blocks(x, cond_BD, kvs), cond_BD)
+            step_BlV = var.logits(var.run_blocks(x, None, kvs, mods=mods), None, mods)
             torch.testing.assert_close(step_BlV, full_BLV[:, b:e], atol=1e-5, rtol=1e-4)
             f_hat = f_hat + quant.upsampled_codes(idx[si], si, pipe.patch_nums[-1])
     assert kvs[0].length == sum(pn * pn for pn in pipe.patch_nums)

@@ -16,7 +16,7 @@ import torch
 
 from ecad_ray.var.config import SamplingConfig, VarModelConfig
 from ecad_ray.var.controllers import Controller, NoPruning, describe
-from ecad_ray.var.model import VAR, LayerKV, ScalePruning
+from ecad_ray.var.model import VAR, LayerKV, Modulations, ScalePruning
 from ecad_ray.var.pruning import default_layer_range
 from ecad_ray.var.sampling import make_generators, sample_tokens
 from ecad_ray.var.text import hash_text_embedding, prompt_to_class
@@ -54,6 +54,7 @@ class GenerationState:
 
     cond: torch.Tensor  # (B,) labels or (B, text_dim) prompt embeddings
     cond_BD: torch.Tensor  # (2B, C): conditional rows then CFG null rows
+    mods: Modulations  # adaLN parameters of cond_BD, computed once for all scales
     generators: list[torch.Generator]
     f_hat_BChw: torch.Tensor
     kvs: list[LayerKV]
@@ -138,9 +139,11 @@ class VarPipeline:
             raise ValueError(f"{len(seeds)} seeds for {cond.shape[0]} conditions")
         hw = self.patch_nums[-1]
         B = cond.shape[0]
+        cond_BD = self.var.cfg_cond(cond)
         return GenerationState(
             cond=cond,
-            cond_BD=self.var.cfg_cond(cond),
+            cond_BD=cond_BD,
+            mods=self.var.modulations(cond_BD),
             generators=make_generators(seeds),
             f_hat_BChw=torch.zeros(B, self.config.vqvae.z_channels, hw, hw, device=self.device),
             kvs=[LayerKV() for _ in self.var.blocks],
@@ -184,8 +187,8 @@ class VarPipeline:
         else:
             x_BlC = self.var.scale_tokens(si, state.f_hat_BChw).repeat(2, 1, 1)
         state.pruning.ratio = ratio
-        x_BlC = self.var.run_blocks(x_BlC, state.cond_BD, state.kvs, state.pruning)
-        logits_BlV = self.var.logits(x_BlC, state.cond_BD)
+        x_BlC = self.var.run_blocks(x_BlC, state.cond_BD, state.kvs, state.pruning, state.mods)
+        logits_BlV = self.var.logits(x_BlC, state.cond_BD, state.mods)
         t = self.sampling.cfg * si / max(len(self.patch_nums) - 1, 1)  # guidance ramps up with scale
         logits_BlV = (1 + t) * logits_BlV[:B] - t * logits_BlV[B:]
         idx_Bl = sample_tokens(logits_BlV, state.generators, self.sampling.top_k, self.sampling.top_p)

@@ -100,9 +100,16 @@ class AdaLNSelfAttn(nn.Module):
         self.ln_wo_grad = nn.LayerNorm(C, eps=cfg.norm_eps, elementwise_affine=False)
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
 
-    def forward(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor, attn_bias: torch.Tensor | None = None,
-                kv: LayerKV | None = None) -> torch.Tensor:
-        gamma1, gamma2, scale1, scale2, shift1, shift2 = self.ada_lin(cond_BD).view(-1, 1, 6, self.C).unbind(2)
+    def modulation(self, cond_BD: torch.Tensor) -> torch.Tensor:
+        """adaLN parameters (B, 1, 6, C) for a condition; constant over scales, so generation
+        computes them once per batch instead of once per scale."""
+        return self.ada_lin(cond_BD).view(-1, 1, 6, self.C)
+
+    def forward(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor | None, attn_bias: torch.Tensor | None = None,
+                kv: LayerKV | None = None, mod_B16C: torch.Tensor | None = None) -> torch.Tensor:
+        if mod_B16C is None:
+            mod_B16C = self.modulation(cond_BD)
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = mod_B16C.unbind(2)
         x_BLC = x_BLC + self.attn(self.ln_wo_grad(x_BLC) * (scale1 + 1) + shift1, attn_bias, kv) * gamma1
         return x_BLC + self.ffn(self.ln_wo_grad(x_BLC) * (scale2 + 1) + shift2) * gamma2
 
@@ -117,9 +124,23 @@ class AdaLNBeforeHead(nn.Module):
         self.ln_wo_grad = nn.LayerNorm(C, eps=cfg.norm_eps, elementwise_affine=False)
         self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 2 * C))
 
-    def forward(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.ada_lin(cond_BD).view(-1, 1, 2, self.C).unbind(2)
+    def modulation(self, cond_BD: torch.Tensor) -> torch.Tensor:
+        """adaLN parameters (B, 1, 2, C) for a condition."""
+        return self.ada_lin(cond_BD).view(-1, 1, 2, self.C)
+
+    def forward(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor | None, mod_B12C: torch.Tensor | None = None) -> torch.Tensor:
+        if mod_B12C is None:
+            mod_B12C = self.modulation(cond_BD)
+        scale, shift = mod_B12C.unbind(2)
         return self.ln_wo_grad(x_BLC) * (scale + 1) + shift
+
+
+@dataclass
+class Modulations:
+    """adaLN parameters of every block and of the head for one batch of conditions."""
+
+    blocks: list[torch.Tensor]  # per block (B, 1, 6, C)
+    head: torch.Tensor  # (B, 1, 2, C)
 
 
 @dataclass
@@ -234,9 +255,14 @@ class VAR(nn.Module):
         x = F.interpolate(f_hat_BChw, size=(pn, pn), mode="area").flatten(2).transpose(1, 2)
         return self.word_embed(x) + self.scale_pos(scale_index)
 
-    def logits(self, x_BlC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
+    def logits(self, x_BlC: torch.Tensor, cond_BD: torch.Tensor | None,
+               mods: "Modulations | None" = None) -> torch.Tensor:
         """Vocabulary logits (B, l, V)."""
-        return self.head(self.head_nm(x_BlC, cond_BD))
+        return self.head(self.head_nm(x_BlC, cond_BD, mods.head if mods else None))
+
+    def modulations(self, cond_BD: torch.Tensor) -> "Modulations":
+        """Every block's and the head's adaLN parameters for a condition (reused at every scale)."""
+        return Modulations([b.modulation(cond_BD) for b in self.blocks], self.head_nm.modulation(cond_BD))
 
     # ---- training -----------------------------------------------------------------------
     def forward(self, cond_BD: torch.Tensor, x_BLCv_wo_first_l: torch.Tensor) -> torch.Tensor:
@@ -254,29 +280,31 @@ class VAR(nn.Module):
         return self.logits(x_BLC, cond_BD)
 
     # ---- one scale of generation --------------------------------------------------------
-    def run_blocks(self, x_BlC: torch.Tensor, cond_BD: torch.Tensor, kvs: list[LayerKV],
-                   pruning: ScalePruning | None = None) -> torch.Tensor:
+    def run_blocks(self, x_BlC: torch.Tensor, cond_BD: torch.Tensor | None, kvs: list[LayerKV],
+                   pruning: ScalePruning | None = None, mods: "Modulations | None" = None) -> torch.Tensor:
         """Run every block on one scale's tokens with KV caching; prune inside the layer range.
 
         Without `pruning` every layer sees all tokens. With it, layers in
         [layer_start, layer_end) remember their output whenever they see all tokens, and at a
         pruned scale compute only the pivotal tokens; the other positions are restored from
         that remembered output, area-interpolated to this size. A layer with nothing
-        remembered yet (pruning at the first scale it runs) computes every token.
+        remembered yet (pruning at the first scale it runs) computes every token. `mods`
+        (from `modulations`) saves recomputing the adaLN parameters at every scale.
         """
         from ecad_ray.var.pruning import pivotal_indices, restore_tokens
 
         B, l, C = x_BlC.shape
         pn = math.isqrt(l)
         for li, block in enumerate(self.blocks):
+            mod = mods.blocks[li] if mods else None
             in_range = pruning is not None and pruning.layer_start <= li < pruning.layer_end
             if in_range and int(l * pruning.ratio) > 0 and li in pruning.restore_BChw:
                 keep_idx_BK = pivotal_indices(x_BlC, pruning.ratio)
                 x_BKC = torch.gather(x_BlC, 1, keep_idx_BK.unsqueeze(-1).expand(-1, -1, C))
-                y_BKC = block(x_BKC, cond_BD, None, kvs[li])
+                y_BKC = block(x_BKC, cond_BD, None, kvs[li], mod)
                 x_BlC = restore_tokens(pruning.restore_BChw[li], y_BKC, keep_idx_BK, pn)
             else:
-                x_BlC = block(x_BlC, cond_BD, None, kvs[li])
+                x_BlC = block(x_BlC, cond_BD, None, kvs[li], mod)
                 if in_range:
                     pruning.restore_BChw[li] = x_BlC.transpose(1, 2).reshape(B, C, pn, pn)
         return x_BlC
