@@ -59,7 +59,10 @@ def time_settings(pipe, batch: int, repeats: int) -> dict[str, dict[str, float]]
             total = time.perf_counter() - t0
             times[name]["transformer"].append(result.transformer_seconds / batch)
             times[name]["total"].append(total / batch)
-    return {n: {k: min(v) for k, v in d.items()} for n, d in times.items()}
+    out = {n: {k: min(v) for k, v in d.items()} for n, d in times.items()}
+    for n, d in times.items():
+        out[n]["spread"] = max(d["transformer"]) / min(d["transformer"]) - 1  # how noisy the machine was
+    return out
 
 
 def quality(pipe, n_images: int, backbone: str) -> dict[str, dict[str, float]]:
@@ -116,7 +119,7 @@ def main() -> None:
     print(f"\nSpeed: {args.speed_model} (best of {args.repeats}, batch {args.batch}); quality: {args.quality_model}, "
           f"{args.quality_images} images vs its unpruned images (LPIPS backbone: {backbone})")
     head = (f"{'setting':13s} {'ratios (last scales)':32s} {'ideal x':>7s} {'meas x':>7s} {'gap':>6s} {'ok':>3s} "
-            f"{'e2e x':>6s} {'s/img':>7s} {'PSNR':>6s} {'SSIM':>6s} {'LPIPS':>6s}")
+            f"{'e2e x':>6s} {'s/img':>7s} {'spread':>6s} {'PSNR':>6s} {'SSIM':>6s} {'LPIPS':>6s}")
     print(head)
     print("-" * len(head))
     for name, ctrl in SETTINGS.items():
@@ -126,9 +129,10 @@ def main() -> None:
         gap = meas / ideal - 1
         q = qual[name]
         print(f"{name:13s} {describe(ctrl):32s} {ideal:7.2f} {meas:7.2f} {100 * gap:5.1f}% {'yes' if abs(gap) <= 0.15 else 'no':>3s} "
-              f"{e2e:6.2f} {timings[name]['total']:7.3f} {q['psnr']:6.2f} {q['ssim']:6.3f} {q['lpips']:6.3f}")
+              f"{e2e:6.2f} {timings[name]['total']:7.3f} {100 * timings[name]['spread']:5.0f}% {q['psnr']:6.2f} {q['ssim']:6.3f} {q['lpips']:6.3f}")
     print("\nideal x = transformer FLOPs unpruned / pruned; meas x = measured transformer time ratio; "
-          "gap = meas/ideal - 1 (target |gap| <= 15%); e2e x includes VQ decode and Python overheads.")
+          "gap = meas/ideal - 1 (target |gap| <= 15%); e2e x includes VQ decode and Python overheads;\n"
+          "s/img = best end-to-end seconds per image; spread = slowest/fastest transformer time - 1 over the rounds.")
 
 
 if __name__ == "__main__":

@@ -95,3 +95,17 @@ def test_unmatched_folders_error(folders, tmp_path):
     _img(other / "zzz.png", 0)
     with pytest.raises(UserError, match="no image names in common"):
         evaluate(orig, {"fast": other}, EvalOptions(lpips_backbone="random", clip_model=""))
+
+
+def test_radial_profile_puts_low_frequencies_first():
+    from ecad_ray.var.outputs import log_spectrum
+    from ecad_ray.var.spectra import radial_profile
+
+    smooth = np.linspace(0, 1, 16)[None, :].repeat(16, 0)
+    checker = (np.indices((16, 16)).sum(0) % 2).astype(float)
+    import torch
+
+    prof_smooth = radial_profile(log_spectrum(torch.tensor(smooth)[None]))
+    prof_checker = radial_profile(log_spectrum(torch.tensor(checker)[None]))
+    assert len(prof_smooth) == 9
+    assert prof_smooth[-1] < prof_smooth[0] and prof_checker[-1] > prof_smooth[-1]

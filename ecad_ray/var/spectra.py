@@ -19,15 +19,19 @@ _NAME = re.compile(r"scale(\d+)_w(\d+)_(pixel|latent)_(summed|residual|unscaled)
 KINDS = ("summed", "residual", "unscaled")
 
 
-def radial_profile(spec_HW: np.ndarray, bins: int = 16) -> np.ndarray:
-    """Mean of a centred spectrum over rings of growing radius (0 = lowest frequency)."""
+def radial_profile(spec_HW: np.ndarray, bins: int | None = None) -> np.ndarray:
+    """Mean of a centred spectrum over rings of growing radius (0 = lowest frequency).
+
+    Rings default to one per frequency step (side // 2 + 1); empty rings are NaN."""
     H, W = spec_HW.shape
+    bins = bins or max(2, min(H, W) // 2 + 1)
     yy, xx = np.mgrid[:H, :W]
     r = np.hypot(yy - H // 2, xx - W // 2)
     r = r / max(r.max(), 1e-9)
     idx = np.minimum((r * bins).astype(int), bins - 1)
     sums = np.bincount(idx.ravel(), spec_HW.ravel(), minlength=bins)
-    counts = np.maximum(np.bincount(idx.ravel(), minlength=bins), 1)
+    counts = np.bincount(idx.ravel(), minlength=bins).astype(float)
+    counts[counts == 0] = np.nan
     return sums / counts
 
 
