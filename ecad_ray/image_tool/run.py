@@ -1,0 +1,249 @@
+"""One image from one prompt, with the figures a user needs to compare settings.
+
+`generate_image` loads the model, fills the defaults, applies scheduler and memory settings,
+generates with a generator seeded on the active device (same options -> same image), writes
+the file atomically and returns an `ImageReport`. `report_lines` renders the report as text
+in the order the seed tool prints it; `ImageReport.to_json` is the same content as one object.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ecad_ray.errors import UserError
+from ecad_ray.image_tool.defaults import resolve_sampling, turbo_evidence
+from ecad_ray.image_tool.loader import load_model
+from ecad_ray.image_tool.memory import (
+    apply_memory_settings,
+    environment,
+    peak_memory,
+    reset_peak_memory,
+)
+from ecad_ray.image_tool.options import ImageOptions, image_format
+from ecad_ray.image_tool.schedulers import swap_scheduler
+from ecad_ray.models.loading import resolve_device
+
+_DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+@dataclass
+class ImageReport:
+    """Everything one run did and measured; the text and JSON reports are views of it."""
+
+    environment: dict
+    model: str
+    pipeline: str = ""
+    dtype: str = ""
+    variant: str | None = None
+    scheduler: str = ""
+    attention_slicing: bool = False
+    offload: bool = False
+    vae_slicing: bool = False
+    schedule: str | None = None
+    turbo: bool = False
+    width: int = 0
+    height: int = 0
+    steps: int = 0
+    cfg: float = 0.0
+    seed: int = 0
+    load_seconds: float = 0.0
+    generation_seconds: float = 0.0
+    total_seconds: float = 0.0
+    peak_memory_bytes: int = 0
+    peak_memory_kind: str = ""
+    out: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        """The report as one JSON object (one line)."""
+        return json.dumps(asdict(self))
+
+
+def environment_lines(env: dict) -> list[str]:
+    """The block printed first: software versions and the device."""
+    lines = [f"torch {env['torch']}, diffusers {env['diffusers']}, CUDA {env['cuda'] or 'not available'}"]
+    if env["compute_capability"]:
+        lines.append(f"GPU: {env['device']} (compute capability {env['compute_capability']})")
+    else:
+        lines.append("Device: CPU")
+    return lines
+
+
+def settings_line(report: ImageReport) -> str:
+    """Model, precision, sampler and memory switches as they took effect."""
+    variant = f" ({report.variant} weights)" if report.variant else ""
+    on = {True: "on", False: "off"}
+    return (
+        f"Model: {report.model} ({report.pipeline}), dtype {report.dtype}{variant}, "
+        f"scheduler {report.scheduler}, attention slicing {on[report.attention_slicing]}, "
+        f"offload {on[report.offload]}, VAE slicing {on[report.vae_slicing]}, "
+        f"schedule {report.schedule or 'none'}"
+    )
+
+
+def generating_line(report: ImageReport) -> str:
+    """The seed tool's `Generating: WxH, steps=…, cfg=…, seed=…` line."""
+    return (
+        f"Generating: {report.width}x{report.height}, steps={report.steps}, "
+        f"cfg={report.cfg}, seed={report.seed}"
+    )
+
+
+def result_lines(report: ImageReport) -> list[str]:
+    """Timings, peak memory and where the image went."""
+    return [
+        f"Load: {report.load_seconds:.2f} s",
+        f"Generation: {report.generation_seconds:.2f} s",
+        f"Total: {report.total_seconds:.2f} s",
+        f"Peak memory: {report.peak_memory_bytes / 2**20:.1f} MiB ({report.peak_memory_kind})",
+        f"Saved -> {report.out}",
+    ]
+
+
+def report_lines(report: ImageReport) -> list[str]:
+    """The whole text report, exactly as `generate_image` emits it line by line."""
+    return [
+        *environment_lines(report.environment),
+        settings_line(report),
+        *(f"note: {n}" for n in report.notes),
+        generating_line(report),
+        *result_lines(report),
+    ]
+
+
+def generate_image(options: ImageOptions, emit: Callable[[str], None] | None = None) -> ImageReport:
+    """Run one request end to end; `emit` receives each report line as soon as it is known."""
+    emit = emit or (lambda line: None)
+    start = time.perf_counter()
+    device = resolve_device(None)
+    report = ImageReport(environment=environment(device), model=options.model, seed=options.seed)
+    for line in environment_lines(report.environment):
+        emit(line)
+    fmt = image_format(options.out)
+
+    reset_peak_memory(device)
+    loaded = load_model(options.model, options.dtype, device, offload=options.offload)
+    pipe = loaded.pipe
+    _sync(device)
+    report.load_seconds = time.perf_counter() - start
+    report.notes.extend(loaded.notes)
+
+    evidence = None if loaded.registry else turbo_evidence(options.model, loaded.folder)
+    sampling, notes = resolve_sampling(options, loaded.spec, loaded.registry, pipe, evidence is not None)
+    if evidence and (options.steps is None or options.cfg is None):
+        notes.insert(0, f"Turbo-style model ({evidence}): defaults {sampling.steps} steps, cfg {sampling.cfg}")
+    report.notes.extend(notes)
+    report.scheduler = swap_scheduler(pipe, options.scheduler, options.model)
+    memory, notes = apply_memory_settings(pipe, options.attn_slicing, options.offload, device)
+    report.notes.extend(notes)
+    report.schedule = _apply_caching_schedule(pipe, options)
+
+    report.pipeline = type(pipe).__name__
+    report.dtype = _DTYPE_NAMES.get(loaded.dtype, str(loaded.dtype))
+    report.variant = loaded.variant
+    report.attention_slicing, report.offload, report.vae_slicing = (
+        memory.attention_slicing, memory.offload, memory.vae_slicing,
+    )
+    report.turbo = sampling.turbo
+    report.width, report.height = sampling.width, sampling.height
+    report.steps, report.cfg = sampling.steps, sampling.cfg
+    kwargs = _call_kwargs(pipe, options, loaded, sampling)
+    emit(settings_line(report))
+    for note in report.notes:
+        emit(f"note: {note}")
+    emit(generating_line(report))
+
+    generator = torch.Generator(device=device).manual_seed(options.seed)
+    began = time.perf_counter()
+    image = pipe(**kwargs, generator=generator).images[0]
+    _sync(device)
+    report.generation_seconds = time.perf_counter() - began
+
+    report.out = str(options.out)
+    _save_atomic(image, Path(options.out), fmt)
+    report.total_seconds = time.perf_counter() - start
+    report.peak_memory_bytes, report.peak_memory_kind = peak_memory(device)
+    for line in result_lines(report):
+        emit(line)
+    return report
+
+
+def _call_kwargs(pipe, options: ImageOptions, loaded, sampling) -> dict:
+    """Arguments for `pipe(...)`, passing optional ones only where the pipeline takes them."""
+    params = inspect.signature(pipe.__call__).parameters
+    kwargs = {
+        "prompt": options.prompt,
+        "num_inference_steps": sampling.steps,
+        "guidance_scale": sampling.cfg,
+        "height": sampling.height,
+        "width": sampling.width,
+        "output_type": "pil",
+    }
+    if options.negative_prompt is not None:
+        if "negative_prompt" not in params:
+            raise UserError(f"--negative-prompt: {type(pipe).__name__} takes no negative prompt")
+        kwargs["negative_prompt"] = options.negative_prompt
+    if loaded.registry:  # as `ecad-ray generate` runs registry models (ECAD's settings)
+        if "max_sequence_length" in params:
+            kwargs["max_sequence_length"] = loaded.spec.max_sequence_length
+        if "clean_caption" in params:
+            kwargs["clean_caption"] = False
+    if "use_resolution_binning" in params and _binning_unsupported(pipe):
+        kwargs["use_resolution_binning"] = False
+    return kwargs
+
+
+def _binning_unsupported(pipe) -> bool:
+    """PixArt maps sizes to aspect-ratio bins only for its trained sample sizes (256-2048 px)."""
+    sample = getattr(getattr(getattr(pipe, "transformer", None), "config", None), "sample_size", None)
+    return sample not in (32, 64, 128, 256)
+
+
+def _apply_caching_schedule(pipe, options: ImageOptions) -> str | None:
+    """Attach an ECAD caching schedule to a DiT pipeline; returns the schedule path or None.
+
+    Uses `ecad_ray.caching` the way `ecad_ray.engine.ImageGenerator` does. Until that package
+    is part of the build, --schedule is refused with one line rather than ignored.
+    """
+    if options.schedule is None:
+        return None
+    if getattr(pipe, "transformer", None) is None:
+        raise UserError(
+            f"--schedule {options.schedule}: caching schedules apply to diffusion transformers; "
+            f"{type(pipe).__name__} has none (UNet models cannot be cached this way)"
+        )
+    try:
+        from ecad_ray.caching import apply_schedule, load_schedule, validate_schedule
+    except ImportError as err:
+        raise UserError(
+            f"--schedule {options.schedule}: caching schedules are not available in this build "
+            "(ecad_ray.caching is missing); run without --schedule"
+        ) from err
+    schedule = load_schedule(options.schedule)
+    validate_schedule(schedule, pipe.transformer, source=options.schedule)
+    apply_schedule(pipe, schedule)
+    return str(options.schedule)
+
+
+def _save_atomic(image, out: Path, fmt: str) -> None:
+    """Write to a temporary file beside `out`, then rename, so no half-written image is left."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        image.save(tmp, format=fmt)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
