@@ -62,13 +62,15 @@ def load_model(model: str, dtype_name: str, device: torch.device, offload: bool 
     registry = is_registry_name(model)
     dtype = choose_dtype(dtype_name, spec, registry, device)
     place = torch.device("cpu") if offload else device
+    notes: list[str] = []
+    if device.type == "cpu" and dtype == torch.float16:
+        notes.append("fp16 on a CPU is slow and not every op supports it; --dtype auto uses fp32 here")
     if registry:
         pipe = load_pipeline(spec, place, dtype)
-        return LoadedModel(pipe, spec, True, None, dtype, None)
+        return LoadedModel(pipe, spec, True, None, dtype, None, notes)
     folder = Path(spec.pipeline_source) if Path(spec.pipeline_source).is_dir() else None
     class_name = spec.pipeline_class or _hub_pipeline_class(model)
     check_text_to_image(model, class_name)
-    notes: list[str] = []
     variant = "fp16" if dtype_name == "fp16" else None
     try:
         pipe = _from_pretrained(model, spec.pipeline_source, dtype, variant)
@@ -149,4 +151,4 @@ def _from_pretrained(model: str, source: str, dtype: torch.dtype, variant: str |
 
 def _first_line(err: Exception) -> str:
     text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+    return text[0].rstrip(".") if text else type(err).__name__
