@@ -244,3 +244,25 @@ def test_schedule_on_a_unet_model_is_refused(zoo, tmp_path):
     schedule.write_text("{}")
     with pytest.raises(UserError, match="^--schedule .*diffusion transformers"):
         run(tmp_path, zoo["sd"], steps=1, schedule=schedule)
+
+
+# --- ECAD caching schedules (run when ecad_ray.caching is part of the build) ---------------
+
+
+def test_schedule_caches_the_pixart_transformer(zoo, tmp_path):
+    caching = pytest.importorskip("ecad_ray.caching")
+    from ecad_ray.caching.baselines import default_schedule, fora_schedule
+
+    pipe = load_model(str(zoo["pixart"]), "auto", CPU).pipe
+    spec = caching.spec_from_transformer(pipe.transformer, height=32, width=32, text_len=16)
+    everything = caching.save_schedule(default_schedule(spec, 4), tmp_path / "all.json")
+    every_2nd = caching.save_schedule(fora_schedule(spec, 4, 2), tmp_path / "fora2.json")
+
+    _, _, plain = run(tmp_path, zoo["pixart"], steps=4, name="plain.png")
+    full, _, same = run(tmp_path, zoo["pixart"], schedule=everything, name="all.png")
+    cached, lines, reused = run(tmp_path, zoo["pixart"], schedule=every_2nd, name="fora.png")
+    assert full.steps == 4 and full.cache["reused"] == 0 and np.array_equal(plain, same)
+    assert cached.cache["reused"] > 0 and not np.array_equal(plain, reused)
+    assert cached.schedule == str(every_2nd) and any(line.startswith("Cache: reused") for line in lines)
+    with pytest.raises(UserError, match="^--steps 3: the caching schedule"):
+        run(tmp_path, zoo["pixart"], steps=3, schedule=every_2nd)

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ecad_ray.errors import UserError
 from ecad_ray.image_tool.options import (
     DEFAULT_CFG,
     DEFAULT_STEPS,
@@ -76,10 +77,25 @@ def native_size(pipe) -> tuple[int, int] | None:
 
 
 def resolve_sampling(
-    options: ImageOptions, spec: ModelSpec, registry: bool, pipe, turbo: bool
+    options: ImageOptions,
+    spec: ModelSpec,
+    registry: bool,
+    pipe,
+    turbo: bool,
+    schedule_steps: int | None = None,
 ) -> tuple[Sampling, list[str]]:
-    """Fill the unset numbers; return them with notes on every non-obvious choice."""
+    """Fill the unset numbers; return them with notes on every non-obvious choice.
+
+    A caching schedule is made for one step count: it becomes the default, and another
+    explicit `--steps` is refused.
+    """
     notes: list[str] = []
+    if schedule_steps is not None:
+        if options.steps is not None and options.steps != schedule_steps:
+            raise UserError(
+                f"--steps {options.steps}: the caching schedule {options.schedule} is made for "
+                f"{schedule_steps} steps; leave --steps out or pass --steps {schedule_steps}"
+            )
     if registry:
         steps, cfg = spec.steps, spec.guidance_scale
     elif turbo:
@@ -102,7 +118,7 @@ def resolve_sampling(
         Sampling(
             width=width,
             height=height,
-            steps=options.steps if options.steps is not None else steps,
+            steps=options.steps if options.steps is not None else (schedule_steps or steps),
             cfg=float(options.cfg) if options.cfg is not None else float(cfg),
             turbo=turbo,
         ),

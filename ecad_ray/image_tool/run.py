@@ -28,6 +28,7 @@ from ecad_ray.image_tool.memory import (
     reset_peak_memory,
 )
 from ecad_ray.image_tool.options import ImageOptions, image_format
+from ecad_ray.image_tool.schedule import attach_schedule, load_checked_schedule
 from ecad_ray.image_tool.schedulers import swap_scheduler
 from ecad_ray.models.loading import resolve_device
 
@@ -48,6 +49,7 @@ class ImageReport:
     offload: bool = False
     vae_slicing: bool = False
     schedule: str | None = None
+    cache: dict | None = None  # with a schedule: sub-layer calls computed / reused, peak cache bytes
     turbo: bool = False
     width: int = 0
     height: int = 0
@@ -98,14 +100,21 @@ def generating_line(report: ImageReport) -> str:
 
 
 def result_lines(report: ImageReport) -> list[str]:
-    """Timings, peak memory and where the image went."""
-    return [
+    """Timings, peak memory, what the cache reused, and where the image went."""
+    lines = [
         f"Load: {report.load_seconds:.2f} s",
         f"Generation: {report.generation_seconds:.2f} s",
         f"Total: {report.total_seconds:.2f} s",
         f"Peak memory: {report.peak_memory_bytes / 2**20:.1f} MiB ({report.peak_memory_kind})",
-        f"Saved -> {report.out}",
     ]
+    if report.cache is not None:
+        c = report.cache
+        lines.append(
+            f"Cache: reused {c['reused']} of {c['reused'] + c['computed']} sub-layer calls, "
+            f"peak {c['peak_bytes'] / 2**20:.1f} MiB"
+        )
+    lines.append(f"Saved -> {report.out}")
+    return lines
 
 
 def report_lines(report: ImageReport) -> list[str]:
@@ -130,32 +139,11 @@ def generate_image(options: ImageOptions, emit: Callable[[str], None] | None = N
     fmt = image_format(options.out)
 
     reset_peak_memory(device)
+    began = time.perf_counter()
     loaded = load_model(options.model, options.dtype, device, offload=options.offload)
-    pipe = loaded.pipe
     _sync(device)
-    report.load_seconds = time.perf_counter() - start
-    report.notes.extend(loaded.notes)
-
-    evidence = None if loaded.registry else turbo_evidence(options.model, loaded.folder)
-    sampling, notes = resolve_sampling(options, loaded.spec, loaded.registry, pipe, evidence is not None)
-    if evidence and (options.steps is None or options.cfg is None):
-        notes.insert(0, f"Turbo-style model ({evidence}): defaults {sampling.steps} steps, cfg {sampling.cfg}")
-    report.notes.extend(notes)
-    report.scheduler = swap_scheduler(pipe, options.scheduler, options.model)
-    memory, notes = apply_memory_settings(pipe, options.attn_slicing, options.offload, device)
-    report.notes.extend(notes)
-    report.schedule = _apply_caching_schedule(pipe, options)
-
-    report.pipeline = type(pipe).__name__
-    report.dtype = _DTYPE_NAMES.get(loaded.dtype, str(loaded.dtype))
-    report.variant = loaded.variant
-    report.attention_slicing, report.offload, report.vae_slicing = (
-        memory.attention_slicing, memory.offload, memory.vae_slicing,
-    )
-    report.turbo = sampling.turbo
-    report.width, report.height = sampling.width, sampling.height
-    report.steps, report.cfg = sampling.steps, sampling.cfg
-    kwargs = _call_kwargs(pipe, options, loaded, sampling)
+    report.load_seconds = time.perf_counter() - began
+    kwargs, cache = _configure(loaded, options, device, report)
     emit(settings_line(report))
     for note in report.notes:
         emit(f"note: {note}")
@@ -163,9 +151,12 @@ def generate_image(options: ImageOptions, emit: Callable[[str], None] | None = N
 
     generator = torch.Generator(device=device).manual_seed(options.seed)
     began = time.perf_counter()
-    image = pipe(**kwargs, generator=generator).images[0]
+    image = loaded.pipe(**kwargs, generator=generator).images[0]
     _sync(device)
     report.generation_seconds = time.perf_counter() - began
+    if cache is not None:
+        stats = cache.stats
+        report.cache = {"computed": stats.computed, "reused": stats.reused, "peak_bytes": stats.peak_bytes}
 
     report.out = str(options.out)
     _save_atomic(image, Path(options.out), fmt)
@@ -174,6 +165,47 @@ def generate_image(options: ImageOptions, emit: Callable[[str], None] | None = N
     for line in result_lines(report):
         emit(line)
     return report
+
+
+def _configure(loaded, options: ImageOptions, device: torch.device, report: ImageReport):
+    """Defaults, scheduler, memory savers and caching schedule on the loaded pipeline.
+
+    Fills the report's settings and notes; returns the pipeline call's arguments and the
+    cache handle (None without a schedule).
+    """
+    pipe = loaded.pipe
+    report.notes.extend(loaded.notes)
+    schedule = None
+    if options.schedule is not None:
+        schedule, warnings = load_checked_schedule(pipe, Path(options.schedule))
+        report.notes.extend(f"schedule: {w}" for w in warnings)
+    evidence = None if loaded.registry else turbo_evidence(options.model, loaded.folder)
+    sampling, notes = resolve_sampling(
+        options, loaded.spec, loaded.registry, pipe, evidence is not None,
+        schedule_steps=schedule.num_inference_steps if schedule is not None else None,
+    )
+    if evidence and (options.steps is None or options.cfg is None):
+        notes.insert(0, f"Turbo-style model ({evidence}): defaults {sampling.steps} steps, cfg {sampling.cfg}")
+    report.notes.extend(notes)
+    report.scheduler = swap_scheduler(pipe, options.scheduler, options.model)
+    memory, notes = apply_memory_settings(pipe, options.attn_slicing, options.offload, device)
+    report.notes.extend(notes)
+    kwargs = _call_kwargs(pipe, options, loaded, sampling)
+    cache = None
+    if schedule is not None:
+        cache = attach_schedule(pipe, schedule)
+        report.schedule = str(options.schedule)
+
+    report.pipeline = type(pipe).__name__
+    report.dtype = _DTYPE_NAMES.get(loaded.dtype, str(loaded.dtype))
+    report.variant = loaded.variant
+    report.attention_slicing = memory.attention_slicing
+    report.offload = memory.offload
+    report.vae_slicing = memory.vae_slicing
+    report.turbo = sampling.turbo
+    report.width, report.height = sampling.width, sampling.height
+    report.steps, report.cfg = sampling.steps, sampling.cfg
+    return kwargs, cache
 
 
 def _call_kwargs(pipe, options: ImageOptions, loaded, sampling) -> dict:
@@ -205,32 +237,6 @@ def _binning_unsupported(pipe) -> bool:
     """PixArt maps sizes to aspect-ratio bins only for its trained sample sizes (256-2048 px)."""
     sample = getattr(getattr(getattr(pipe, "transformer", None), "config", None), "sample_size", None)
     return sample not in (32, 64, 128, 256)
-
-
-def _apply_caching_schedule(pipe, options: ImageOptions) -> str | None:
-    """Attach an ECAD caching schedule to a DiT pipeline; returns the schedule path or None.
-
-    Uses `ecad_ray.caching` the way `ecad_ray.engine.ImageGenerator` does. Until that package
-    is part of the build, --schedule is refused with one line rather than ignored.
-    """
-    if options.schedule is None:
-        return None
-    if getattr(pipe, "transformer", None) is None:
-        raise UserError(
-            f"--schedule {options.schedule}: caching schedules apply to diffusion transformers; "
-            f"{type(pipe).__name__} has none (UNet models cannot be cached this way)"
-        )
-    try:
-        from ecad_ray.caching import apply_schedule, load_schedule, validate_schedule
-    except ImportError as err:
-        raise UserError(
-            f"--schedule {options.schedule}: caching schedules are not available in this build "
-            "(ecad_ray.caching is missing); run without --schedule"
-        ) from err
-    schedule = load_schedule(options.schedule)
-    validate_schedule(schedule, pipe.transformer, source=options.schedule)
-    apply_schedule(pipe, schedule)
-    return str(options.schedule)
 
 
 def _save_atomic(image, out: Path, fmt: str) -> None:
