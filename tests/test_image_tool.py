@@ -266,3 +266,13 @@ def test_schedule_caches_the_pixart_transformer(zoo, tmp_path):
     assert cached.schedule == str(every_2nd) and any(line.startswith("Cache: reused") for line in lines)
     with pytest.raises(UserError, match="^--steps 3: the caching schedule"):
         run(tmp_path, zoo["pixart"], steps=3, schedule=every_2nd)
+
+
+@pytest.mark.gpu
+def test_offload_and_cuda_peak_memory_on_a_gpu(zoo, tmp_path):
+    report, lines, first = run(tmp_path, zoo["sd"], steps=2, offload=True, name="a.png")
+    assert report.offload and report.attention_slicing and report.dtype in ("bf16", "fp16")
+    assert report.peak_memory_kind == "torch.cuda.max_memory_allocated" and report.peak_memory_bytes > 0
+    assert report.environment["compute_capability"] and lines[1].startswith("GPU: ")
+    _, _, again = run(tmp_path, zoo["sd"], steps=2, offload=True, name="b.png")
+    assert np.array_equal(first, again)  # generator on the GPU, same seed

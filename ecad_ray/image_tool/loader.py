@@ -42,14 +42,15 @@ def is_registry_name(model: str) -> bool:
 
 def choose_dtype(name: str, spec: ModelSpec, registry: bool, device: torch.device) -> torch.dtype:
     """`auto`: fp32 on a CPU; on a GPU a registry model's own dtype, else bf16 where the GPU
-    supports it and fp16 otherwise. Explicit names are taken as given."""
+    computes it natively and fp16 otherwise. Explicit names are taken as given."""
     if name != "auto":
         return _TORCH_DTYPES[name]
     if device.type != "cuda":
         return torch.float32
     if registry:
         return _TORCH_DTYPES[spec.dtype]
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16  # native bf16 from Ampere (8.0) on
 
 
 def load_model(model: str, dtype_name: str, device: torch.device, offload: bool = False) -> LoadedModel:
@@ -71,7 +72,7 @@ def load_model(model: str, dtype_name: str, device: torch.device, offload: bool 
     folder = Path(spec.pipeline_source) if Path(spec.pipeline_source).is_dir() else None
     class_name = spec.pipeline_class or _hub_pipeline_class(model)
     check_text_to_image(model, class_name)
-    variant = "fp16" if dtype_name == "fp16" else None
+    variant = "fp16" if dtype == torch.float16 else None  # half the bytes to read, same numbers
     try:
         pipe = _from_pretrained(model, spec.pipeline_source, dtype, variant)
     except _NoVariant:

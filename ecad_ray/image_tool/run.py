@@ -151,7 +151,11 @@ def generate_image(options: ImageOptions, emit: Callable[[str], None] | None = N
 
     generator = torch.Generator(device=device).manual_seed(options.seed)
     began = time.perf_counter()
-    image = loaded.pipe(**kwargs, generator=generator).images[0]
+    try:
+        image = loaded.pipe(**kwargs, generator=generator).images[0]
+    except ValueError as err:  # diffusers' check_inputs: sizes, steps, prompt lengths
+        message = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"--model {options.model}: {report.pipeline} refused these settings ({message})") from err
     _sync(device)
     report.generation_seconds = time.perf_counter() - began
     if cache is not None:
