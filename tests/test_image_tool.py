@@ -239,6 +239,11 @@ def test_uncached_hub_id_offline_names_the_fix():
     assert "\n" not in str(info.value)
 
 
+def test_registry_model_without_cached_weights_names_the_fix():
+    with pytest.raises(UserError, match="pixart-alpha-256.*huggingface-cli download"):
+        load_model("pixart-alpha-256", "auto", CPU)
+
+
 def test_schedule_on_a_unet_model_is_refused(zoo, tmp_path):
     schedule = tmp_path / "schedule.json"
     schedule.write_text("{}")

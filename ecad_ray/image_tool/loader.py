@@ -138,7 +138,7 @@ def _from_pretrained(model: str, source: str, dtype: torch.dtype, variant: str |
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # diffusers renaming torch_dtype -> dtype
             return AutoPipelineForText2Image.from_pretrained(source, **kwargs)
-    except (OSError, ValueError, EnvironmentError) as err:
+    except (OSError, ValueError) as err:
         message = _first_line(err)
         if variant and "variant" in message:
             raise _NoVariant(message) from err
