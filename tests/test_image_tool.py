@@ -281,3 +281,15 @@ def test_offload_and_cuda_peak_memory_on_a_gpu(zoo, tmp_path):
     assert report.environment["compute_capability"] and lines[1].startswith("GPU: ")
     _, _, again = run(tmp_path, zoo["sd"], steps=2, offload=True, name="b.png")
     assert np.array_equal(first, again)  # generator on the GPU, same seed
+
+
+def test_flux_folder_keeps_its_flow_matching_sampler(tmp_path):
+    from tiny_models import tiny_flux_pipeline
+
+    folder = tmp_path / "flux"
+    tiny_flux_pipeline(tmp_path).save_pretrained(folder)
+    report, lines, image = run(tmp_path, folder, steps=2, size="32x32")
+    assert (report.pipeline, report.scheduler) == ("FluxPipeline", "FlowMatchEulerDiscreteScheduler")
+    assert image.shape == (32, 32, 3)
+    with pytest.raises(UserError, match="^--scheduler dpm: .*flow-matching"):
+        run(tmp_path, folder, steps=2, size="32x32", scheduler="dpm")
