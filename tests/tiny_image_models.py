@@ -1,7 +1,7 @@
 """Tiny text-to-image pipelines written with `save_pretrained`, for the `ecad-ray image` tests.
 
 Random weights, stock diffusers/transformers classes, built offline in about a second:
-an SD-style UNet pipeline (CLIP text encoder and a BPE tokenizer from files written here)
+an SD-style UNet pipeline (CLIP text encoder, the letter-level BPE tokenizer of `tiny_models`)
 and a PixArt-α pipeline (T5). Images are noise; shapes, settings and determinism are real.
 """
 
@@ -13,35 +13,22 @@ from pathlib import Path
 
 import ecad_ray  # noqa: F401  (torchvision shim before diffusers/transformers)
 import torch
+from tiny_models import tiny_clip_tokenizer
 
 WORDS = ["a", "an", "the", "red", "blue", "green", "cat", "dog", "photo", "of", "on", "grass"]
-
-
-def write_clip_vocab(folder: Path) -> tuple[Path, Path]:
-    """A word-level CLIP BPE vocabulary (whole words + single letters) and an empty merge list."""
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for token in [f"{w}</w>" for w in WORDS] + [c for c in "abcdefghijklmnopqrstuvwxyz"] + [
-        f"{c}</w>" for c in "abcdefghijklmnopqrstuvwxyz"
-    ]:
-        vocab.setdefault(token, len(vocab))
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return folder / "vocab.json", folder / "merges.txt"
 
 
 def build_sd_pipeline(workdir: Path):
     """A StableDiffusionPipeline: 2-level UNet (8 latent px), CLIP 2 layers, 2-level VAE (16 px)."""
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
-    vocab, merges = write_clip_vocab(workdir / "clip_vocab")
-    tokenizer = CLIPTokenizer(str(vocab), str(merges), model_max_length=16)
+    tokenizer = tiny_clip_tokenizer(workdir / "clip_vocab")
     torch.manual_seed(0)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
+            num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length, bos_token_id=0, eos_token_id=1,
             pad_token_id=1,
         )
     )
