@@ -5,6 +5,7 @@ the environment, load / generation time and peak memory honestly. See docs/image
 """
 
 from ecad_ray.image_tool.options import ImageOptions, parse_size
-from ecad_ray.image_tool.run import ImageReport, generate_image, report_lines
+from ecad_ray.image_tool.report import ImageReport, report_lines
+from ecad_ray.image_tool.run import generate_image
 
 __all__ = ["ImageOptions", "ImageReport", "generate_image", "parse_size", "report_lines"]
