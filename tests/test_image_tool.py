@@ -83,6 +83,7 @@ def test_sd_pipeline_report_and_image(zoo, tmp_path):
     assert 0 < report.load_seconds < report.total_seconds
     assert 0 < report.generation_seconds < report.total_seconds
     assert report.peak_memory_bytes > 50 * 2**20 and report.peak_memory_kind == "peak RSS of this process"
+    assert 0 < report.memory_before_load_bytes <= report.peak_memory_bytes
     data = json.loads(report.to_json())
     assert data["width"] == 16 and data["seed"] == 7 and data["environment"]["device"] == "CPU"
 

@@ -71,6 +71,19 @@ def reset_peak_memory(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
+def current_memory(device: torch.device) -> int:
+    """Bytes held now: allocated on the GPU, or this process's resident set on a CPU.
+
+    Taken before loading, it shows how much of the peak the model and the run account for
+    (a CPU process's peak RSS includes the Python and library imports before it).
+    """
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
 def peak_memory(device: torch.device) -> tuple[int, str]:
     """(bytes, what was measured)."""
     if device.type == "cuda":

@@ -37,6 +37,7 @@ class ImageReport:
     total_seconds: float = 0.0
     peak_memory_bytes: int = 0
     peak_memory_kind: str = ""
+    memory_before_load_bytes: int = 0  # same measure, just before loading: the baseline of the peak
     out: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -81,7 +82,8 @@ def result_lines(report: ImageReport) -> list[str]:
         f"Load: {report.load_seconds:.2f} s",
         f"Generation: {report.generation_seconds:.2f} s",
         f"Total: {report.total_seconds:.2f} s",
-        f"Peak memory: {report.peak_memory_bytes / 2**20:.1f} MiB ({report.peak_memory_kind})",
+        f"Peak memory: {report.peak_memory_bytes / 2**20:.1f} MiB ({report.peak_memory_kind}; "
+        f"{report.memory_before_load_bytes / 2**20:.1f} MiB before loading)",
     ]
     if report.cache is not None:
         c = report.cache

@@ -20,6 +20,7 @@ from ecad_ray.image_tool.defaults import resolve_sampling, turbo_evidence
 from ecad_ray.image_tool.loader import load_model
 from ecad_ray.image_tool.memory import (
     apply_memory_settings,
+    current_memory,
     environment,
     peak_memory,
     reset_peak_memory,
@@ -50,6 +51,7 @@ def generate_image(options: ImageOptions, emit: Callable[[str], None] | None = N
     fmt = image_format(options.out)
 
     reset_peak_memory(device)
+    report.memory_before_load_bytes = current_memory(device)
     began = time.perf_counter()
     loaded = load_model(options.model, options.dtype, device, offload=options.offload)
     _sync(device)
