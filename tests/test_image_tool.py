@@ -253,11 +253,11 @@ def test_schedule_on_a_unet_model_is_refused(zoo, tmp_path):
         run(tmp_path, zoo["sd"], steps=1, schedule=schedule)
 
 
-# --- ECAD caching schedules (run when ecad_ray.caching is part of the build) ---------------
+# --- ECAD caching schedules ------------------------------------------------------------------
 
 
 def test_schedule_caches_the_pixart_transformer(zoo, tmp_path):
-    caching = pytest.importorskip("ecad_ray.caching")
+    from ecad_ray import caching
     from ecad_ray.caching.baselines import default_schedule, fora_schedule
 
     pipe = load_model(str(zoo["pixart"]), "auto", CPU).pipe

@@ -19,13 +19,8 @@ def load_checked_schedule(pipe, path: Path) -> tuple[object, list[str]]:
             f"--schedule {path}: caching schedules apply to diffusion transformers; "
             f"{type(pipe).__name__} has none (UNet models cannot be cached this way)"
         )
-    try:
-        from ecad_ray.caching import load_schedule, validate_schedule
-    except ImportError as err:
-        raise UserError(
-            f"--schedule {path}: caching schedules are not available in this build "
-            "(ecad_ray.caching is missing); run without --schedule"
-        ) from err
+    from ecad_ray.caching import load_schedule, validate_schedule
+
     schedule = load_schedule(path)
     warnings = validate_schedule(schedule, pipe.transformer, source=str(path))
     return schedule, list(warnings or [])
