@@ -24,9 +24,9 @@ def _root() -> None:
 
 def _register() -> None:
     """Attach every command module. Each module exposes `register(app)`."""
-    from ecad_ray_cli import embeddings, generate, image, schedule
+    from ecad_ray_cli import benchmark, embeddings, generate, image, schedule
 
-    for module in (generate, embeddings, schedule, image):
+    for module in (generate, embeddings, schedule, benchmark, image):
         module.register(app)
 
 
