@@ -24,9 +24,9 @@ def _root() -> None:
 
 def _register() -> None:
     """Attach every command module. Each module exposes `register(app)`."""
-    from ecad_ray_cli import generate, var
+    from ecad_ray_cli import benchmark, embeddings, generate, image, schedule, var
 
-    for module in (generate, var):
+    for module in (generate, embeddings, schedule, benchmark, image, var):
         module.register(app)
 
 
