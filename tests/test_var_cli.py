@@ -4,7 +4,6 @@ then spectra plots and the Original-vs-pruned evaluation on its outputs; one-lin
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest

@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ecad_ray.errors import UserError
-from ecad_ray.var.config import PRESETS, VAR_PATCH_NUMS, VARConfig, VarModelConfig, VQVAEConfig, preset
+from ecad_ray.var.config import PRESETS, VARConfig, VarModelConfig, VQVAEConfig, preset
 from ecad_ray.var.generation import VarPipeline
 from ecad_ray.var.model import VAR
 from ecad_ray.var.vqvae import VQVAE
@@ -236,5 +236,3 @@ def foundation_vision_state_dicts(pipeline: VarPipeline) -> tuple[dict, dict]:
     sd_vae["quantize.ema_vocab_hit_SV"] = torch.zeros(len(pipeline.patch_nums), pipeline.config.vqvae.vocab_size)
     return sd_var, sd_vae
 
-
-__all__ = ["VAR_PATCH_NUMS", "build_models", "load_var_model", "load_foundation_vision", "save_pipeline"]

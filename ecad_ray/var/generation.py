@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ecad_ray.errors import UserError
 from ecad_ray.var.config import SamplingConfig, VarModelConfig
 from ecad_ray.var.controllers import Controller, NoPruning, describe
 from ecad_ray.var.model import VAR, LayerKV, Modulations, ScalePruning
@@ -126,8 +127,6 @@ class VarPipeline:
             classes = [prompt_to_class(p, vcfg.class_names) for p in prompts]
         bad = [c for c in classes if not 0 <= int(c) < vcfg.num_classes]
         if bad:
-            from ecad_ray.errors import UserError
-
             raise UserError(f"--classes: {bad[0]} is outside 0..{vcfg.num_classes - 1} for this model")
         return torch.tensor([int(c) for c in classes], dtype=torch.long, device=self.device)
 
