@@ -15,7 +15,7 @@ from ecad_ray.var.controllers import (NoPruning, TailPattern, WidthRatios, make_
 from ecad_ray.var.generation import VarPipeline
 from ecad_ray.var.checkpoints import build_models
 from ecad_ray.var.model import LayerKV
-from ecad_ray.var.pruning import pivotal_indices, restore_tokens, transformer_flops
+from ecad_ray.var.pruning import computed_tokens, pivotal_indices, restore_tokens, transformer_flops
 from ecad_ray.var.sampling import candidates, filter_logits, make_generators, sample_tokens
 
 
@@ -173,6 +173,17 @@ def test_controllers_and_width_strings():
                      ("8:0.1,8:0.2", "listed twice")):
         with pytest.raises(UserError, match=msg):
             parse_width_ratios(bad, (1, 2, 8, 16))
+
+
+@pytest.mark.parametrize("ratios, layer_range", [([0, 0.5, 0, 0.7, 1.0], (0, 2)), ([0.3, 0, 1.0, 0.5, 0.5], (1, 2)),
+                                                  ([0, 0, 0, 0, 0], (0, 2))])
+def test_flops_accounting_matches_what_generation_computes(pipe, ratios, layer_range):
+    p = VarPipeline(pipe.config, pipe.vqvae, pipe.var, layer_range=layer_range)
+    state = p.start(p.conditions(classes=[1]), [0])
+    for r in ratios:
+        p.step(state, r)
+    tokens = computed_tokens(p.patch_nums, p.config.var.depth, ratios, layer_range)
+    assert [kv.length for kv in state.kvs] == [sum(row[li] for row in tokens) for li in range(p.config.var.depth)]
 
 
 def test_flops_follow_pruning_and_skips():

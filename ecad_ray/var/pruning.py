@@ -33,6 +33,33 @@ def default_layer_range(depth: int) -> tuple[int, int]:
     return (depth * 3) // 32, depth
 
 
+def computed_tokens(patch_nums: tuple[int, ...], depth: int, ratios: list[float],
+                    layer_range: tuple[int, int]) -> list[list[int]]:
+    """Tokens each layer computes at each scale ([scale][layer]), mirroring `VAR.run_blocks`.
+
+    A layer in the range prunes once it has a full output to restore from; a skipped scale
+    computes nothing. The sum over scales is each layer's KV-cache length at the end.
+    """
+    start, end = layer_range
+    ever_full = [False] * depth
+    out = []
+    for pn, r in zip(patch_nums, ratios):
+        l = pn * pn
+        if r >= 1:
+            out.append([0] * depth)
+            continue
+        row = []
+        for li in range(depth):
+            in_range = start <= li < end
+            if in_range and int(l * r) > 0 and ever_full[li]:
+                row.append(l - int(l * r))
+            else:
+                row.append(l)
+                ever_full[li] = ever_full[li] or in_range
+        out.append(row)
+    return out
+
+
 def transformer_flops(var_cfg, vocab_size: int, cvae: int, ratios: list[float],
                       layer_range: tuple[int, int] | None = None, cfg_rows: int = 2) -> list[float]:
     """Multiply-add FLOPs (2 per MAC) per scale for one image, following what `run_blocks` does.
@@ -43,22 +70,16 @@ def transformer_flops(var_cfg, vocab_size: int, cvae: int, ratios: list[float],
     """
     C, depth = var_cfg.embed_dim, var_cfg.depth
     hidden = round(C * var_cfg.mlp_ratio)
-    start, end = layer_range or default_layer_range(depth)
+    tokens = computed_tokens(var_cfg.patch_nums, depth, ratios, layer_range or default_layer_range(depth))
     kv_len = [0] * depth
-    ever_full = [False] * depth
     out = []
-    for si, pn in enumerate(var_cfg.patch_nums):
-        r = ratios[si]
-        l = pn * pn
-        if r >= 1:
+    for pn, row in zip(var_cfg.patch_nums, tokens):
+        if not any(row):
             out.append(0.0)
             continue
+        l = pn * pn
         macs = l * cvae * C + l * C * vocab_size  # word embedding + head
-        for li in range(depth):
-            pruned = start <= li < end and int(l * r) > 0 and ever_full[li]
-            n = l - int(l * r) if pruned else l
-            if not pruned and start <= li < end:
-                ever_full[li] = True
+        for li, n in enumerate(row):
             kv_len[li] += n
             macs += n * (4 * C * C + 2 * C * hidden) + 2 * n * kv_len[li] * C
         out.append(2.0 * macs * cfg_rows)
