@@ -1,0 +1,154 @@
+"""Show a scored run: the summary as a table, speed vs quality, and an image grid.
+
+`speed_quality.png` puts each schedule at (speedup, quality), one panel per quality metric the
+summary has, so the trade-off a schedule buys is visible at a glance. `grid.png` shows the same
+prompts and seeds (columns) under every schedule (rows), reference first.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ecad_ray.errors import UserError
+from ecad_ray.metrics.fid import load_rgb
+from ecad_ray.metrics.runs import resolve_image
+from ecad_ray.metrics.tables import METRICS_FILE, SUMMARY_FILE
+
+# quality column in summary.parquet -> (label, higher is better)
+QUALITY = {
+    "fid": ("FID", False),
+    "clip_score_mean": ("CLIP score", True),
+    "imagereward_mean": ("ImageReward", True),
+    "lpips_mean": ("LPIPS vs reference", False),
+    "ssim_mean": ("SSIM vs reference", True),
+    "psnr_mean": ("PSNR vs reference (dB)", True),
+}
+SPEED_QUALITY_PNG = "speed_quality.png"
+GRID_PNG = "grid.png"
+
+
+def read_summary(run_dir: Path) -> pa.Table:
+    """The run's `summary.parquet` (written by `ecad-ray metrics`)."""
+    path = Path(run_dir) / SUMMARY_FILE
+    if not path.is_file():
+        raise UserError(f"RUN_DIR {run_dir}: no {SUMMARY_FILE}; run `ecad-ray metrics {run_dir}` first")
+    return pq.read_table(path)
+
+
+def summary_rich_table(summary: pa.Table, title: str = "ecad-ray summary"):
+    """A rich `Table` of the per-schedule rows (partitions only when there are no others)."""
+    from rich.table import Table
+
+    rows = [r for r in summary.to_pylist() if r["partition"] == ""] or summary.to_pylist()
+    columns = ["n_images", "seconds_per_image", "speedup", "macs", *QUALITY, "n_errors"]
+    shown = [c for c in columns if any(r.get(c) is not None for r in rows)]
+    table = Table(title=title)
+    for name in ("model", "schedule", *shown):
+        table.add_column(name, justify="left" if name in ("model", "schedule") else "right")
+    for r in rows:
+        label = r["schedule"] + (" (ref)" if r["is_reference"] else "")
+        table.add_row(r["model"], label, *(_fmt(r.get(c)) for c in shown))
+    return table
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "inf"
+        return f"{value:.3g}" if abs(value) >= 1e4 else f"{value:.3f}"
+    return str(value)
+
+
+def plot_speed_quality(summary: pa.Table, path: Path) -> Path | None:
+    """Scatter of speedup vs each quality metric per schedule; None when nothing to plot."""
+    rows = [r for r in summary.to_pylist() if r["partition"] == "" and r["speedup"] is not None]
+    panels = [c for c in QUALITY if any(_finite(r.get(c)) for r in rows)]
+    if not panels:
+        return None
+    fig = _figure((4.2 * len(panels), 3.6))
+    axes = fig.subplots(1, len(panels), squeeze=False)
+    for ax, col in zip(axes[0], panels):
+        label, higher = QUALITY[col]
+        for r in rows:
+            if _finite(r.get(col)):
+                ax.scatter(r["speedup"], r[col], s=40, marker="*" if r["is_reference"] else "o")
+                ax.annotate(r["schedule"], (r["speedup"], r[col]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel("speedup vs reference (x)")
+        ax.set_ylabel(f"{label} ({'higher' if higher else 'lower'} is better)")
+        ax.grid(alpha=0.3)
+    fig.suptitle("speed vs quality per schedule")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_grid(run_dir: Path, path: Path, n_prompts: int = 6) -> Path | None:
+    """Rows = schedules (reference first), columns = the first prompts/seeds all schedules share."""
+    run_dir = Path(run_dir)
+    table_path = run_dir / METRICS_FILE
+    if not table_path.is_file():
+        return None
+    rows = pq.read_table(table_path, columns=["model", "schedule", "prompt_id", "seed", "prompt", "image_path"]).to_pylist()
+    summary = read_summary(run_dir).to_pylist() if (run_dir / SUMMARY_FILE).is_file() else []
+    reference = {r["schedule"] for r in summary if r["is_reference"]}
+    by_key: dict[tuple, dict] = {}
+    for r in rows:
+        by_key.setdefault((r["prompt_id"], r["seed"]), {})[(r["model"], r["schedule"])] = r
+    lines = sorted({k for keys in by_key.values() for k in keys}, key=lambda k: (k[1] not in reference, k))
+    shared = [k for k, v in by_key.items() if len(v) == len(lines)][:n_prompts]
+    if not shared:
+        return None
+    fig = _figure((1.9 * len(shared), 1.9 * len(lines) + 0.4))
+    axes = fig.subplots(len(lines), len(shared), squeeze=False)
+    for i, line in enumerate(lines):
+        for j, key in enumerate(shared):
+            ax = axes[i][j]
+            record = by_key[key][line]
+            ax.imshow(load_rgb(resolve_image(run_dir, record["image_path"])))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(_short(record["prompt"]), fontsize=6)
+            if j == 0:
+                ax.set_ylabel(line[1] if len({m for m, _ in lines}) == 1 else f"{line[0]}\n{line[1]}", fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def write_report(run_dir: Path) -> list[Path]:
+    """Both plots into the run directory; returns the files written."""
+    run_dir = Path(run_dir)
+    summary = read_summary(run_dir)
+    made = [
+        plot_speed_quality(summary, run_dir / SPEED_QUALITY_PNG),
+        plot_grid(run_dir, run_dir / GRID_PNG),
+    ]
+    return [p for p in made if p is not None]
+
+
+def _short(text: str, width: int = 28) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _figure(size: tuple[float, float]):
+    """A matplotlib Figure with no pyplot state (no GUI backend, nothing global)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=size)
+
+
+def _save(fig, path: Path) -> Path:
+    """Save through a temp file (atomic)."""
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(path)
+    return path

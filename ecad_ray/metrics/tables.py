@@ -1,0 +1,212 @@
+"""The two metric tables and their fixed Arrow schemas.
+
+`metrics.parquet`: one row per image (`METRICS_SCHEMA`). `summary.parquet`: one row per
+model, schedule and partition (`SUMMARY_SCHEMA`; partition "" is the whole schedule, others
+are COCO megabatches / MJHQ categories when the run has them). Every column is always there
+(null when its metric was not asked for or failed), so tables from different runs concatenate
+and readers never guess. Each field's description is stored in the schema metadata.
+
+`MetricsTableWriter` takes scored batches as a stream (from a metrics pass or from the Ray
+plan's `MetricsStage`), appends rows to `metrics.parquet` through a temp file, folds FID
+features into per-schedule statistics, and writes `summary.parquet` when closed.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ecad_ray.metrics.fid import ALL, FeatureStats, ReferenceStats
+from ecad_ray.metrics.suite import ERROR_COLUMN, FEATURES_COLUMN, METRIC_COLUMNS
+
+METRICS_FILE = "metrics.parquet"
+SUMMARY_FILE = "summary.parquet"
+QUALITY_COLUMNS = tuple(METRIC_COLUMNS.values())  # clip_score, imagereward, psnr, ssim, lpips
+
+
+def _field(name: str, type_: pa.DataType, doc: str, nullable: bool = True) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable, metadata={"description": doc})
+
+
+METRICS_SCHEMA = pa.schema(
+    [
+        _field("model", pa.string(), "model name as given to generate (registry name, hub id or folder)", False),
+        _field("schedule", pa.string(), "caching / pruning schedule name", False),
+        _field("prompt_id", pa.string(), "stable prompt id from the prompt source", False),
+        _field("seed", pa.int64(), "noise seed of this image", False),
+        _field("partition", pa.string(), "COCO megabatch / MJHQ or Parti category, '' if none", False),
+        _field("prompt", pa.string(), "prompt text"),
+        _field("image_path", pa.string(), "image file, relative to the run directory"),
+        _field("seconds", pa.float64(), "generation seconds per image, from results.parquet"),
+        _field("macs", pa.float64(), "multiply-accumulates per image, when the run recorded them"),
+        _field("clip_score", pa.float64(), "100 * max(cos(CLIP image, CLIP text), 0); higher is better"),
+        _field("imagereward", pa.float64(), "ImageReward v1.0 score; higher is better"),
+        _field("psnr", pa.float64(), "PSNR in dB vs the reference image (inf = identical); higher is better"),
+        _field("ssim", pa.float64(), "SSIM vs the reference image (1 = identical); higher is better"),
+        _field("lpips", pa.float64(), "LPIPS distance vs the reference image (0 = identical); lower is better"),
+        _field(ERROR_COLUMN, pa.string(), "why a metric is null for this row (null when none failed)"),
+    ]
+)
+
+_STAT_FIELDS = []
+for _col in QUALITY_COLUMNS:
+    _STAT_FIELDS += [
+        _field(f"{_col}_mean", pa.float64(), f"mean {_col} over the images (PSNR: over finite values)"),
+        _field(f"{_col}_std", pa.float64(), f"standard deviation of {_col} (PSNR: over finite values)"),
+    ]
+
+SUMMARY_SCHEMA = pa.schema(
+    [
+        _field("model", pa.string(), "model name", False),
+        _field("schedule", pa.string(), "schedule name", False),
+        _field("partition", pa.string(), "'' = every image of the schedule; else one megabatch / category", False),
+        _field("n_images", pa.int64(), "images in this group", False),
+        _field("n_errors", pa.int64(), "images with at least one failed metric", False),
+        *_STAT_FIELDS,
+        _field("fid", pa.float64(), "FID against the reference statistics (null without --fid-ref)"),
+        _field("macs", pa.float64(), "mean MACs per image, when recorded"),
+        _field("seconds_per_image", pa.float64(), "mean generation seconds per image"),
+        _field("speedup", pa.float64(), "reference schedule's seconds per image / this schedule's"),
+        _field("is_reference", pa.bool_(), "this schedule is the all-recompute reference", False),
+    ]
+)
+
+
+def schema_doc(schema: pa.Schema) -> dict[str, str]:
+    """Column name -> description, as stored in the schema (for docs and `report`)."""
+    return {f.name: f.metadata[b"description"].decode() for f in schema}
+
+
+class MetricsTableWriter:
+    """Streams scored batches into `metrics.parquet` and, on `close`, writes `summary.parquet`."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / METRICS_FILE
+        self._tmp = self.path.with_name(self.path.name + ".tmp")
+        self._writer = pq.ParquetWriter(self._tmp, METRICS_SCHEMA)
+        self.fid_stats: dict[tuple[str, str, str], FeatureStats] = defaultdict(FeatureStats)
+        self.rows = 0
+
+    def write(self, batch: dict) -> None:
+        """Append one scored batch (columns of the results table plus the suite's columns)."""
+        n = len(batch["prompt_id"])
+        columns = {}
+        for field in METRICS_SCHEMA:
+            values = batch.get(field.name)
+            if values is None and field.name == "partition":
+                values = [""] * n
+            columns[field.name] = _arrow_column(values, field.type, n)
+        self._writer.write_table(pa.table(columns, schema=METRICS_SCHEMA))
+        self.rows += n
+        feats = batch.get(FEATURES_COLUMN)
+        if feats is not None:
+            partitions = batch.get("partition")
+            partitions = [""] * n if partitions is None else partitions
+            for i in range(n):
+                key = (str(batch["model"][i]), str(batch["schedule"][i]))
+                row = np.asarray(feats[i], dtype=np.float64)[None]
+                self.fid_stats[(*key, ALL)].add(row)
+                if partitions[i]:
+                    self.fid_stats[(*key, str(partitions[i]))].add(row)
+
+    def close(self) -> Path:
+        """Finish `metrics.parquet` (atomic rename) and return its path."""
+        self._writer.close()
+        self._tmp.replace(self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the partial table (an interrupted pass leaves no half-written file)."""
+        self._writer.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+def _arrow_column(values, type_: pa.DataType, n: int) -> pa.Array:
+    if values is None:
+        return pa.nulls(n, type_)
+    if pa.types.is_floating(type_):
+        arr = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
+        return pa.array(arr, type=type_, mask=np.isnan(arr))
+    if pa.types.is_string(type_):
+        return pa.array([None if v is None else str(v) for v in values], type=type_)
+    return pa.array(list(values), type=type_)
+
+
+def summarize(
+    metrics_path: Path,
+    reference_schedule: str | None,
+    fid_stats: dict[tuple[str, str, str], FeatureStats] | None = None,
+    fid_reference: ReferenceStats | None = None,
+    reference_seconds: float | None = None,
+) -> pa.Table:
+    """Per model / schedule / partition statistics of `metrics.parquet` as a `SUMMARY_SCHEMA` table.
+
+    `reference_seconds` is the reference run's seconds per image when the reference is another
+    run; otherwise the reference schedule of the same model in this run sets the speedup.
+    """
+    df = pq.read_table(metrics_path).to_pandas()
+    rows = []
+    groups = [(key, g) for key, g in df.groupby(["model", "schedule"], sort=False)]
+    for (model, schedule), group in groups:
+        parts = [(ALL, group)] + [
+            (p, g) for p, g in group.groupby("partition", sort=True) if p != ALL
+        ]
+        for part, g in parts:
+            rows.append(_summary_row(model, schedule, part, g, reference_schedule, fid_stats, fid_reference))
+    base = {
+        r["model"]: r["seconds_per_image"]
+        for r in rows
+        if r["schedule"] == reference_schedule and r["partition"] == ALL
+    }
+    for r in rows:
+        ref = reference_seconds if reference_seconds is not None else base.get(r["model"])
+        own = r["seconds_per_image"]
+        r["speedup"] = ref / own if ref is not None and own else None
+    return pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA)
+
+
+def _summary_row(model, schedule, part, g, reference_schedule, fid_stats, fid_reference) -> dict:
+    row = {
+        "model": model,
+        "schedule": schedule,
+        "partition": part,
+        "n_images": len(g),
+        "n_errors": int(g[ERROR_COLUMN].notna().sum()),
+        "is_reference": schedule == reference_schedule,
+        "macs": _mean(g["macs"]),
+        "seconds_per_image": _mean(g["seconds"]),
+    }
+    for col in QUALITY_COLUMNS:
+        row[f"{col}_mean"], row[f"{col}_std"] = _mean_std(g[col], finite_only=col == "psnr")
+    stats = (fid_stats or {}).get((model, schedule, part))
+    row["fid"] = fid_reference.fid(stats, part) if fid_reference and stats else None
+    return row
+
+
+def _mean(series) -> float | None:
+    values = series.dropna()
+    return float(values.mean()) if len(values) else None
+
+
+def _mean_std(series, finite_only: bool) -> tuple[float | None, float | None]:
+    """Mean and sample std; `finite_only` drops infinities (PSNR of identical images) if any remain."""
+    values = series.dropna().to_numpy(dtype=np.float64)
+    if finite_only and np.isfinite(values).any():
+        values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return None, None
+    std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return float(values.mean()), (std if np.isfinite(std) else None)
+
+
+def write_table_atomic(table: pa.Table, path: Path) -> Path:
+    """Write a Parquet table through a temp file and rename it into place."""
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+    return path
