@@ -1,4 +1,6 @@
-"""Ray-facing adapters: Ray Data callable classes and actors wrapping `ecad_ray` library objects.
+"""Ray-facing adapters: Ray Data callable classes and actors wrapping `ecad_ray` objects.
 
-Depends on `ecad_ray`, never the reverse; holds no model or metric code of its own.
+This package depends on `ecad_ray`; `ecad_ray` never imports it.
 """
+
+import ecad_ray  # noqa: F401  (patches the torchvision trap before any model import in workers)

@@ -17,6 +17,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """Faster text-to-image generation (layer caching, token pruning) on Ray, and what it costs."""
+
+
 def _register() -> None:
     """Attach every command module. Each module exposes `register(app)`."""
     from ecad_ray_cli import generate
@@ -31,22 +36,10 @@ _register()
 def main() -> None:
     """Console-script entry: run the app; a `UserError` becomes `error: ...` and exit code 1."""
     try:
-        app(standalone_mode=False)
+        app()
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
-    except typer.Exit as err:
-        sys.exit(err.exit_code)
-    except typer.Abort:
-        print("Aborted.", file=sys.stderr)
-        sys.exit(1)
-    except Exception as err:  # click usage errors carry their own exit code and message
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        raise
 
 
 if __name__ == "__main__":

@@ -1,0 +1,133 @@
+"""The Ray Data plan of `generate`, and the Ray session it runs in.
+
+    job rows ─map_batches(TextEncoderStage)─▶ embeddings store (shards written by the stage)
+             ─map_batches(GeneratorStage, actor pool)─▶ map_batches(ImageWriterStage) ─▶ driver
+
+Rows are small (ids, seeds, shard references); pixels only travel from the generator to
+the writer, and Ray Data's streaming executor bounds how many batches are in flight. The
+driver collects result rows for the table and drives the progress bar.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+
+from actors.generation import GeneratorStage, ImageWriterStage, TextEncoderStage
+from ecad_ray.config import GenerateConfig
+from ecad_ray.embeddings import EmbeddingStore
+from ecad_ray.run import RunPlan, device_description, finish_run, plan_run, start_run
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a finished `generate` run produced."""
+
+    output_dir: str
+    new_images: int
+    kept_images: int
+    seconds: float
+    results_path: str
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, num_cpus: int):
+    """Join `address` or start a local Ray for the run; leave an already-initialised Ray alone."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, **kwargs)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _gpus_available() -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def run_generate(config: GenerateConfig, progress=None) -> RunSummary:
+    """Check the config, then stream every missing image through the Ray Data plan."""
+    started = time.time()
+    plan = plan_run(config)
+    start_run(plan, {"device": device_description(config.device)})
+    rows: list[dict] = []
+    if plan.jobs:
+        # local Ray: the generation actors' threads, plus one CPU for the encoder and writer
+        local_cpus = config.num_workers * config.threads_per_worker + 1
+        with ray_session(config.address, local_cpus):
+            for row in stream_plan(plan):
+                rows.append(row)
+                if progress:
+                    progress(len(rows), len(plan.jobs))
+        EmbeddingStore(plan.store_root).save_index()
+    results = finish_run(plan, rows, started)
+    return RunSummary(str(plan.output_dir), len(rows), len(plan.kept), time.time() - started, str(results))
+
+
+def stream_plan(plan: RunPlan):
+    """Yield one result row per generated image, as the Ray Data plan produces them."""
+    import ray
+
+    cfg = plan.config
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    gpu = _gpus_available() and cfg.device != "cpu"
+    settings = asdict(plan.settings)
+    threads = cfg.threads_per_worker
+    device = cfg.device if cfg.device != "auto" else ("cuda" if gpu else "cpu")
+
+    ds = ray.data.from_items(plan.jobs)
+    if any(not job["shard"] for job in plan.jobs):
+        ds = ds.map_batches(
+            TextEncoderStage,
+            fn_constructor_kwargs=dict(
+                model=cfg.model, store_root=str(plan.store_root), device=device, dtype=cfg.dtype, threads=threads
+            ),
+            batch_size=max(cfg.batch_size, 16),
+            compute=ray.data.ActorPoolStrategy(size=1),
+            num_cpus=0 if gpu else 0.5,
+            num_gpus=0.2 if gpu else 0,
+        )
+    ds = ds.map_batches(
+        GeneratorStage,
+        fn_constructor_kwargs=dict(
+            model=cfg.model,
+            settings=settings,
+            store_root=str(plan.store_root),
+            device=device,
+            dtype=cfg.dtype,
+            schedule_path=cfg.schedule,
+            threads=threads,
+        ),
+        batch_size=cfg.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
+        num_cpus=1 if gpu else threads,
+        num_gpus=0.8 if gpu else 0,
+    )
+    ds = ds.map_batches(
+        ImageWriterStage,
+        fn_constructor_kwargs=dict(output_dir=str(plan.output_dir), settings=settings),
+        batch_size=cfg.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=1),
+        num_cpus=0.25,
+    )
+    from actors.generation import result_record
+
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for i in range(len(batch["image_path"])):
+            yield result_record(batch, i, settings, str(batch["image_path"][i]))

@@ -1,0 +1,69 @@
+"""The two halves of text-to-image generation as plain objects: encode text, denoise images.
+
+Ray stages (in `actors/`) and plain loops (benchmarks, tests) use the same objects, so the
+Ray plan adds scheduling and nothing else.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ecad_ray.config import ImageSettings
+from ecad_ray.families import encode_prompts, family_of, generate_images
+from ecad_ray.models.loading import load_pipeline, resolve_device, resolve_dtype
+from ecad_ray.models.registry import ModelSpec
+
+
+class TextEncoder:
+    """A model's tokenizer + text encoder, loaded once, turning prompts into embeddings."""
+
+    def __init__(self, spec: ModelSpec, device: str = "auto", dtype: str = "auto"):
+        self.spec = spec
+        self.family = family_of(spec.family)
+        dev = resolve_device(device)
+        self.pipe = load_pipeline(spec, dev, resolve_dtype(dtype, spec, dev), part="text")
+
+    def __call__(self, prompts: list[str], negative_prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Embeddings for each prompt (batch dimension first), on the CPU."""
+        tensors = encode_prompts(self.pipe, self.family, prompts, negative_prompts, self.spec.max_sequence_length)
+        return {k: v.cpu() for k, v in tensors.items()}
+
+
+class ImageGenerator:
+    """A model's transformer + VAE + scheduler, loaded once, turning embeddings into images."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        settings: ImageSettings,
+        device: str = "auto",
+        dtype: str = "auto",
+        schedule_path: str | None = None,
+    ):
+        self.spec = spec
+        self.settings = settings
+        self.family = family_of(spec.family)
+        dev = resolve_device(device)
+        self.pipe = load_pipeline(spec, dev, resolve_dtype(dtype, spec, dev), part="denoise")
+        self.cache = None
+        if schedule_path:
+            from ecad_ray.caching import apply_schedule, load_schedule, validate_schedule
+
+            schedule = load_schedule(schedule_path)
+            validate_schedule(schedule, self.pipe.transformer, source=schedule_path)
+            self.cache = apply_schedule(self.pipe, schedule)
+
+    def __call__(self, embeddings: dict[str, torch.Tensor], seeds: list[int]) -> np.ndarray:
+        """uint8 images (N, H, W, 3), one per seed, for the N rows of `embeddings`."""
+        s = self.settings
+        return generate_images(
+            self.pipe,
+            self.family,
+            embeddings,
+            seeds,
+            height=s.height,
+            width=s.width,
+            steps=s.steps,
+            guidance_scale=s.guidance_scale,
+        )

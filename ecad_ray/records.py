@@ -1,0 +1,80 @@
+"""Image files and result rows of a run: names, atomic PNG writes, and the results table.
+
+Image names follow ECAD's convention with the prompt id and seed in the name:
+`<index:03d>__prompt_id:<id>__image_seed:<seed:03d>.png`. Each PNG also carries its result row
+as JSON in a text chunk, so a run interrupted before its table was written can be resumed and
+its table rebuilt from the images alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, PngImagePlugin
+
+from ecad_ray.prompts import safe_id
+
+PNG_KEY = "ecad-ray"
+RESULTS_SCHEMA = pa.schema(
+    [
+        ("prompt_index", pa.int64()),
+        ("prompt_id", pa.string()),
+        ("prompt", pa.string()),
+        ("negative_prompt", pa.string()),
+        ("partition", pa.string()),
+        ("seed", pa.int64()),
+        ("model", pa.string()),
+        ("schedule", pa.string()),
+        ("height", pa.int64()),
+        ("width", pa.int64()),
+        ("steps", pa.int64()),
+        ("guidance_scale", pa.float64()),
+        ("image_path", pa.string()),  # relative to the run folder
+        ("seconds", pa.float64()),  # generation time per image (batch time / batch size)
+    ]
+)
+
+
+def image_name(prompt_index: int, prompt_id: str, seed: int) -> str:
+    """The file name of one image (ECAD's naming, made safe for any prompt id)."""
+    return f"{prompt_index:03d}__prompt_id:{safe_id(prompt_id)}__image_seed:{seed:03d}.png"
+
+
+def write_png(image_HW3: np.ndarray, path: Path, record: dict) -> None:
+    """Save a PNG atomically, with its result row embedded as JSON."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text(PNG_KEY, json.dumps(record, sort_keys=True))
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    Image.fromarray(image_HW3).save(tmp, format="PNG", pnginfo=info)
+    os.replace(tmp, path)
+
+
+def read_png_record(path: Path) -> dict | None:
+    """The result row embedded in an ecad-ray PNG, or None for foreign/unreadable files."""
+    try:
+        with Image.open(path) as img:
+            text = img.text.get(PNG_KEY)  # type: ignore[attr-defined]
+    except (OSError, SyntaxError):
+        return None
+    return json.loads(text) if text else None
+
+
+def results_table(rows: list[dict]) -> pa.Table:
+    """Rows -> the results table, sorted by prompt then seed, with the fixed schema."""
+    rows = sorted(rows, key=lambda r: (r["prompt_index"], r["seed"]))
+    return pa.Table.from_pylist([{k: r.get(k) for k in RESULTS_SCHEMA.names} for r in rows], schema=RESULTS_SCHEMA)
+
+
+def write_results(rows: list[dict], path: Path) -> pa.Table:
+    """Write results.parquet atomically."""
+    table = results_table(rows)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return table

@@ -1,0 +1,230 @@
+"""Everything about a `generate` run that is decided before any model runs.
+
+`plan_run` checks the inputs (prompts, model, sizes, counts, output folder), works out which
+images are still missing (resume), and lists one job row per missing image. Nothing is
+written until every check has passed. `finish_run` writes the results table and run.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+
+from ecad_ray.config import GenerateConfig, ImageSettings
+from ecad_ray.embeddings import EmbeddingStore
+from ecad_ray.errors import UserError
+from ecad_ray.families import family_of
+from ecad_ray.models.registry import ModelSpec, resolve_model
+from ecad_ray.prompts import Prompt, from_texts, read_prompt_file
+from ecad_ray.records import image_name, read_png_record, write_results
+
+RUN_FILE = "run.json"
+RESULTS_FILE = "results.parquet"
+# settings that, when they differ from an existing run.json, make its images unusable
+_IMAGE_KEYS = ("model", "height", "width", "steps", "guidance_scale", "negative_prompt", "schedule")
+
+
+@dataclass
+class RunPlan:
+    """A checked run: where to write, what to generate, what is already there."""
+
+    config: GenerateConfig
+    spec: ModelSpec
+    settings: ImageSettings
+    output_dir: Path
+    store_root: Path  # where embeddings are read from (and written to, unless --input-embeddings)
+    jobs: list[dict]  # one row per image still to generate
+    kept: list[dict]  # result rows of complete images found on disk (resume)
+    num_prompts: int
+
+
+def plan_run(config: GenerateConfig) -> RunPlan:
+    """Validate the whole configuration and list the missing images; raises `UserError`."""
+    config.check_counts()
+    spec = resolve_model(config.model)
+    family = family_of(spec.family)
+    schedule_name = _schedule_name(config.schedule)
+    settings = ImageSettings.resolve(config, spec, schedule_name)
+    output_dir = Path(config.output_dir).expanduser()
+    _check_writable(output_dir)
+
+    store_root = output_dir / "embeddings"
+    if config.input_embeddings:
+        store_root = Path(config.input_embeddings).expanduser()
+        if not store_root.is_dir():
+            raise UserError(f"--input-embeddings {store_root}: no such folder")
+        store = EmbeddingStore(store_root)
+        store.require_model(spec.name)
+    else:
+        store = EmbeddingStore(store_root)
+
+    prompts = _prompts(config, store, spec, settings)
+    _check_resume(output_dir, settings, config.overwrite)
+    kept = [] if config.overwrite else _complete_images(output_dir, settings)
+    done = {(r["prompt_id"], r["seed"]) for r in kept}
+    refs = store.lookup(spec.name, settings.negative_prompt if family.uses_negative_prompt else None)
+    if config.input_embeddings:
+        missing = [p.text for p in prompts if p.text not in refs]
+        if missing:
+            raise UserError(
+                f"--input-embeddings {store_root}: no embeddings for prompt {missing[0]!r} "
+                f"with negative prompt {settings.negative_prompt!r} ({len(missing)} missing)"
+            )
+    seeds = [config.start_seed + j * config.seed_step for j in range(config.num_images_per_prompt)]
+    jobs = []
+    for p in prompts:
+        ref = refs.get(p.text)
+        for seed in seeds:
+            if (p.prompt_id, seed) in done:
+                continue
+            jobs.append(
+                {
+                    "prompt_index": p.index,
+                    "prompt_id": p.prompt_id,
+                    "prompt": p.text,
+                    "negative_prompt": settings.negative_prompt,
+                    "partition": p.partition,
+                    "seed": seed,
+                    "shard": ref.shard if ref else "",
+                    "row": ref.row if ref else -1,
+                }
+            )
+    wanted = {(p.prompt_id, s) for p in prompts for s in seeds}
+    kept = [r for r in kept if (r["prompt_id"], r["seed"]) in wanted]
+    return RunPlan(config, spec, settings, output_dir, store_root, jobs, kept, len(prompts))
+
+
+def _schedule_name(schedule: str | None) -> str:
+    if not schedule:
+        return "none"
+    path = Path(schedule)
+    if not path.is_file():
+        raise UserError(f"--schedule {schedule}: no such file")
+    return path.stem
+
+
+def _prompts(config: GenerateConfig, store: EmbeddingStore, spec: ModelSpec, settings: ImageSettings) -> list[Prompt]:
+    if config.prompts:
+        return from_texts(list(config.prompts))
+    if config.prompt_file:
+        return read_prompt_file(config.prompt_file)
+    # only --input-embeddings: every prompt of the store, in the store's order
+    rows = [r for r in store.index().to_pylist() if r["model"] == spec.name]
+    seen: dict[str, Prompt] = {}
+    for r in rows:
+        if r["prompt_id"] not in seen:
+            seen[r["prompt_id"]] = Prompt(len(seen), r["prompt_id"], r["prompt"], r["partition"])
+    return list(seen.values())
+
+
+def _check_writable(output_dir: Path) -> None:
+    """Refuse an output folder that cannot be created or written, before writing anything."""
+    probe_dir = output_dir
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise UserError(f"--output-dir {output_dir}: {probe_dir} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe_dir):
+            pass
+    except OSError as err:
+        raise UserError(f"--output-dir {output_dir}: not writable ({err.strerror})") from err
+
+
+def _check_resume(output_dir: Path, settings: ImageSettings, overwrite: bool) -> None:
+    run_file = output_dir / RUN_FILE
+    if overwrite or not run_file.is_file():
+        return
+    try:
+        previous = json.loads(run_file.read_text())["settings"]
+    except (OSError, KeyError, json.JSONDecodeError):
+        return
+    current = asdict(settings)
+    for key in _IMAGE_KEYS:
+        if previous.get(key) != current[key]:
+            raise UserError(
+                f"--output-dir {output_dir}: holds a run made with {key}={previous.get(key)!r}, "
+                f"this run has {key}={current[key]!r}; use another --output-dir or --overwrite"
+            )
+
+
+def _complete_images(output_dir: Path, settings: ImageSettings) -> list[dict]:
+    """Result rows of the images already on disk made with `settings` (PNG writes are atomic)."""
+    current = asdict(settings)
+    images = output_dir / "images"
+    if not images.is_dir():
+        return []
+    rows = []
+    for path in sorted(images.glob("*.png")):
+        record = read_png_record(path)
+        if not record or path.name != image_name(record["prompt_index"], record["prompt_id"], record["seed"]):
+            continue
+        if all(record.get(k) == current[k] for k in _IMAGE_KEYS if k != "negative_prompt"):
+            rows.append(record)
+    return rows
+
+
+def start_run(plan: RunPlan, extra: dict | None = None) -> None:
+    """Create the run folder and record the settings first, so an interrupted run resumes safely."""
+    plan.output_dir.mkdir(parents=True, exist_ok=True)
+    write_run_json(plan, {"status": "running", **(extra or {})})
+
+
+def finish_run(plan: RunPlan, new_rows: list[dict], started: float, extra: dict | None = None) -> Path:
+    """Write results.parquet (kept + new rows) and the final run.json; returns the results path."""
+    results_path = plan.output_dir / RESULTS_FILE
+    write_results(plan.kept + new_rows, results_path)
+    write_run_json(
+        plan,
+        {
+            "status": "complete",
+            "images": {"new": len(new_rows), "kept": len(plan.kept)},
+            "seconds": round(time.time() - started, 3),
+            **(extra or {}),
+        },
+    )
+    return results_path
+
+
+def write_run_json(plan: RunPlan, fields: dict) -> None:
+    """Atomically write run.json: the full config, resolved settings, versions and `fields`."""
+    info = {
+        "config": plan.config.to_dict(),
+        "settings": asdict(plan.settings),
+        "model_spec": {k: v for k, v in asdict(plan.spec).items() if k != "notes"},
+        "embeddings": str(plan.store_root),
+        "versions": package_versions(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        **fields,
+    }
+    tmp = plan.output_dir / f".{RUN_FILE}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.write_text(json.dumps(info, indent=2, default=str))
+    os.replace(tmp, plan.output_dir / RUN_FILE)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that decide the pixels."""
+    out = {}
+    for name in ("ecad-ray", "torch", "diffusers", "transformers", "ray", "safetensors", "pyarrow", "numpy"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def device_description(device: str = "auto") -> str:
+    """The accelerator a run uses, in words (recorded in run.json)."""
+    import torch
+
+    if device in ("auto", None) and torch.cuda.is_available() or str(device).startswith("cuda"):
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({os.cpu_count()} cores)"

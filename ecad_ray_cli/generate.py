@@ -1,0 +1,90 @@
+"""`ecad-ray generate`: prompts in, images + results table out, through the Ray Data plan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ecad_ray.config import GenerateConfig
+
+
+def generate(
+    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="A prompt (repeat for several).")] = None,
+    prompt_file: Annotated[
+        Optional[Path], typer.Option(help="Prompts: .txt one per line, or JSON list / {id: prompt}.")
+    ] = None,
+    model: Annotated[str, typer.Option(help="Registry name (demo, pixart-alpha-256, pixart-sigma-256, flux-dev), hub id or local folder.")] = "demo",
+    output_dir: Annotated[Path, typer.Option(help="Run folder: images/, embeddings/, results.parquet, run.json.")] = Path("runs/demo"),
+    num_images_per_prompt: Annotated[int, typer.Option(help="Images per prompt (seeds start-seed + j*seed-step).")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Images per generation call on one worker.")] = 4,
+    height: Annotated[Optional[int], typer.Option(help="Image height in pixels (default: the model's).")] = None,
+    width: Annotated[Optional[int], typer.Option(help="Image width in pixels (default: the model's).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Denoising steps (default: the model's).")] = None,
+    guidance_scale: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale (default: the model's).")] = None,
+    negative_prompt: Annotated[str, typer.Option(help="Negative prompt for every image (PixArt).")] = "",
+    start_seed: Annotated[int, typer.Option(help="Seed of each prompt's first image.")] = 0,
+    seed_step: Annotated[int, typer.Option(help="Seed increment between a prompt's images.")] = 1,
+    schedule: Annotated[Optional[Path], typer.Option(help="ECAD caching schedule (JSON) to apply.")] = None,
+    input_embeddings: Annotated[
+        Optional[Path], typer.Option(help="Reuse this embeddings store instead of encoding prompts.")
+    ] = None,
+    num_workers: Annotated[int, typer.Option(help="Generation actors (one GPU each when GPUs exist).")] = 1,
+    threads_per_worker: Annotated[int, typer.Option(help="Torch threads per actor on CPU.")] = 1,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster to join: 'auto' or HOST:PORT (default: start a local Ray).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto (the model's on GPU, fp32 on CPU), fp32, fp16 or bf16.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Regenerate images that already exist in --output-dir.")] = False,
+) -> None:
+    """Generate images for prompts with a text-to-image model, streamed through Ray Data."""
+    config = GenerateConfig(
+        model=model,
+        output_dir=str(output_dir),
+        prompts=tuple(prompt or ()),
+        prompt_file=str(prompt_file) if prompt_file else None,
+        num_images_per_prompt=num_images_per_prompt,
+        batch_size=batch_size,
+        height=height,
+        width=width,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        negative_prompt=negative_prompt,
+        start_seed=start_seed,
+        seed_step=seed_step,
+        schedule=str(schedule) if schedule else None,
+        input_embeddings=str(input_embeddings) if input_embeddings else None,
+        num_workers=num_workers,
+        threads_per_worker=threads_per_worker,
+        address=address,
+        device=device,
+        dtype=dtype,
+        overwrite=overwrite,
+    )
+    run(config)
+
+
+def run(config: GenerateConfig) -> None:
+    """Run the plan with a progress bar and print where the outputs went (patched in CLI tests)."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from actors.plan import run_generate
+
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("generating", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        summary = run_generate(config, progress)
+    console.print(
+        f"{summary.new_images} new image(s), {summary.kept_images} kept, in {summary.seconds:.1f} s -> "
+        f"{summary.output_dir}/images; table: {summary.results_path}"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add `generate` to the root app."""
+    app.command("generate")(generate)
