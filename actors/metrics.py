@@ -18,15 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
+from actors.stage import Stage
 from ecad_ray.metrics.config import MetricsConfig
 from ecad_ray.metrics.runs import ReferenceImages
 from ecad_ray.metrics.suite import ERROR_COLUMN, FEATURES_COLUMN, METRIC_COLUMNS, MetricSuite
 
 
-class MetricsStage:
+class MetricsStage(Stage):
     """Adds metric columns to batches of generated images (a Ray Data callable class)."""
 
-    CONSUMES = {
+    consumes = {
         "image": "uint8 HxWx3 generated image",
         "prompt": "prompt text (CLIP score, ImageReward)",
         "prompt_id": "stable prompt id (matches the reference image)",
@@ -34,7 +35,7 @@ class MetricsStage:
         "schedule": "schedule name (summary grouping)",
         "model": "model name (summary grouping)",
     }
-    PRODUCES = {
+    produces = {
         **{
             column: f"float64 {metric} per image, NaN when not computed"
             for metric, column in METRIC_COLUMNS.items()
@@ -59,18 +60,8 @@ class MetricsStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The batch with the metric columns added (input columns are passed through)."""
-        validate_batch(batch, self.CONSUMES, type(self).__name__)
+        self.check(batch)
         scored = self.suite.score(batch)
         if scored.get(FEATURES_COLUMN) is None:
             scored.pop(FEATURES_COLUMN, None)
         return {**batch, **scored}
-
-
-def validate_batch(batch: dict, consumes: dict[str, str], stage: str) -> None:
-    """Raise `ValueError` naming the stage and the missing columns when a batch lacks any."""
-    missing = [name for name in consumes if name not in batch]
-    if missing:
-        raise ValueError(
-            f"{stage}: batch lacks column(s) {', '.join(missing)}; it consumes "
-            + ", ".join(f"{k} ({v})" for k, v in consumes.items())
-        )

@@ -220,3 +220,59 @@ def iter_json_items(path: Path, mapping: bool = False) -> Iterator:
                 yield str(key), decode()
             else:
                 yield decode()
+
+
+def embed_prompts(
+    rows: Iterable[dict],
+    store,
+    encoder,
+    batch_size: int,
+    negative_prompt: str = "",
+    progress=None,
+) -> tuple[int, int]:
+    """Encode every row the store lacks and append it as shards; returns (encoded, skipped).
+
+    `store` is an `ecad_ray.embeddings.EmbeddingStore`, `encoder` an `ecad_ray.engine.TextEncoder`
+    (`encoder(prompts, negative_prompts) -> {name: tensor}`, batch first, with `.spec`). Rows
+    stream through in batches of `batch_size` and each batch becomes one shard per partition,
+    so memory stays flat however long the source is. Prompts already stored for this model and
+    negative prompt are skipped by id: rerunning after an interruption encodes only the rest.
+    """
+    model, family = encoder.spec.name, encoder.spec.family
+    done = _stored_ids(store, model, negative_prompt)
+    encoded = skipped = 0
+    for batch in iter_batches(rows, batch_size):
+        todo = [r for r in batch if r["prompt_id"] not in done]
+        skipped += len(batch) - len(todo)
+        by_partition: dict[str, list[dict]] = {}
+        for row in todo:
+            by_partition.setdefault(row["partition"], []).append(row)
+        for partition, part_rows in by_partition.items():
+            prompts = [r["prompt"] for r in part_rows]
+            tensors = encoder(prompts, [negative_prompt] * len(prompts))
+            store.write_shard(
+                tensors,
+                prompt_ids=[r["prompt_id"] for r in part_rows],
+                prompts=prompts,
+                negative_prompts=[negative_prompt] * len(prompts),
+                model=model,
+                family=family,
+                partition=partition,
+            )
+            done.update(r["prompt_id"] for r in part_rows)
+            encoded += len(part_rows)
+        if progress:
+            progress(encoded, skipped)
+    store.save_index()
+    return encoded, skipped
+
+
+def _stored_ids(store, model: str, negative_prompt: str) -> set[str]:
+    """Ids already embedded in `store` by `model` with this negative prompt."""
+    import pyarrow.compute as pc
+
+    index = store.index()
+    if index.num_rows == 0:
+        return set()
+    mask = pc.and_(pc.equal(index.column("model"), model), pc.equal(index.column("negative_prompt"), negative_prompt))
+    return set(index.filter(mask).column("prompt_id").to_pylist())

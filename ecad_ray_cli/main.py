@@ -24,9 +24,9 @@ def _root() -> None:
 
 def _register() -> None:
     """Attach every command module. Each module exposes `register(app)`."""
-    from ecad_ray_cli import generate
+    from ecad_ray_cli import embed, generate, metrics, report
 
-    for module in (generate,):
+    for module in (generate, embed, metrics, report):
         module.register(app)
 
 

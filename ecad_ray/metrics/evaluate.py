@@ -23,7 +23,8 @@ from ecad_ray.metrics.runs import (
     ReferenceImages,
     iter_result_batches,
     pick_reference_schedule,
-    results_file,
+    read_results,
+    run_dirs,
     schedules_of,
 )
 from ecad_ray.metrics.suite import MetricSuite
@@ -52,7 +53,7 @@ def evaluate_run(
 ) -> Evaluation:
     """Score every image of `run_dir` and write `metrics.parquet` and `summary.parquet` there."""
     run_dir = Path(run_dir)
-    results_file(run_dir)
+    run_dirs(run_dir)
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: must be positive")
     reference, ref_schedule = _reference(run_dir, config, reference_dir, reference_schedule)
@@ -142,12 +143,11 @@ def _reference(run_dir, config, reference_dir, reference_schedule):
 
 
 def _resolution(run_dir: Path) -> tuple[int, int] | None:
-    """The generated images' (height, width), from the results table's first row."""
-    file = results_file(run_dir)
-    if not {"height", "width"} <= set(file.schema_arrow.names) or file.metadata.num_rows == 0:
+    """The generated images' (height, width), from the results' first row."""
+    table = read_results(run_dir, ["height", "width"])
+    if table.num_rows == 0 or table.column("height")[0].as_py() is None:
         return None
-    first = next(file.iter_batches(batch_size=1, columns=["height", "width"])).to_pylist()[0]
-    return int(first["height"]), int(first["width"])
+    return int(table.column("height")[0].as_py()), int(table.column("width")[0].as_py())
 
 
 __all__ = ["ALL", "Evaluation", "evaluate_run", "write_metric_tables"]

@@ -8,6 +8,7 @@ PSNR is infinite for identical images; SSIM is 1; LPIPS is 0.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +80,9 @@ class LpipsScorer:
                 f"weights, copy the file there, or use --lpips-random-backbone (tests only)"
             )
         use_cache = backbone_weights is None and not random_backbone
-        self.model = lpips.LPIPS(net=net, pnet_rand=not use_cache, verbose=False)
+        with warnings.catch_warnings():  # lpips still passes torchvision's deprecated `pretrained`
+            warnings.simplefilter("ignore", UserWarning)
+            self.model = lpips.LPIPS(net=net, pnet_rand=not use_cache, verbose=False)
         if backbone_weights is not None:
             _load_backbone(self.model, net, Path(backbone_weights))
         self.model.eval().to(self.device)

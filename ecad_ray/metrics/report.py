@@ -39,19 +39,35 @@ def read_summary(run_dir: Path) -> pa.Table:
     return pq.read_table(path)
 
 
+_HEADERS = {
+    "n_images": "images",
+    "seconds_per_image": "s/image",
+    "speedup": "speedup",
+    "macs": "MACs",
+    "fid": "FID",
+    "clip_score_mean": "CLIP",
+    "imagereward_mean": "ImageReward",
+    "lpips_mean": "LPIPS",
+    "ssim_mean": "SSIM",
+    "psnr_mean": "PSNR",
+    "n_errors": "errors",
+}
+
+
 def summary_rich_table(summary: pa.Table, title: str = "ecad-ray summary"):
-    """A rich `Table` of the per-schedule rows (partitions only when there are no others)."""
+    """A rich `Table` of the per-schedule rows, reference first, then fastest first."""
     from rich.table import Table
 
-    rows = [r for r in summary.to_pylist() if r["partition"] == ""] or summary.to_pylist()
-    columns = ["n_images", "seconds_per_image", "speedup", "macs", *QUALITY, "n_errors"]
-    shown = [c for c in columns if any(r.get(c) is not None for r in rows)]
+    rows = [r for r in summary.to_pylist() if r["partition"] == ""]
+    rows.sort(key=lambda r: (not r["is_reference"], -(r["speedup"] or 0.0)))
+    shown = [c for c in _HEADERS if any(r.get(c) is not None for r in rows)]
+    keys = ["model", "schedule"] if len({r["model"] for r in rows}) > 1 else ["schedule"]
     table = Table(title=title)
-    for name in ("model", "schedule", *shown):
-        table.add_column(name, justify="left" if name in ("model", "schedule") else "right")
+    for name in (*keys, *shown):
+        table.add_column(_HEADERS.get(name, name), justify="left" if name in keys else "right")
     for r in rows:
         label = r["schedule"] + (" (ref)" if r["is_reference"] else "")
-        table.add_row(r["model"], label, *(_fmt(r.get(c)) for c in shown))
+        table.add_row(*([r["model"]] if len(keys) == 2 else []), label, *(_fmt(r.get(c)) for c in shown))
     return table
 
 
@@ -71,9 +87,13 @@ def plot_speed_quality(summary: pa.Table, path: Path) -> Path | None:
     panels = [c for c in QUALITY if any(_finite(r.get(c)) for r in rows)]
     if not panels:
         return None
-    fig = _figure((4.2 * len(panels), 3.6))
-    axes = fig.subplots(1, len(panels), squeeze=False)
-    for ax, col in zip(axes[0], panels):
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig = _figure((4.2 * ncols, 3.4 * nrows + 0.4))
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    for ax, col in zip(axes, panels):
         label, higher = QUALITY[col]
         for r in rows:
             if _finite(r.get(col)):

@@ -1,9 +1,13 @@
-"""Reading a generate run directory: its per-image results table and images.
+"""Reading generate runs: their per-image results tables and images.
 
 A run directory holds `images/*.png`, `results.parquet` (one row per image: prompt_id,
 prompt, seed, model, schedule, height, width, steps, guidance_scale, image_path, seconds;
 optionally partition and macs) and `run.json`. Image paths are relative to the run
 directory (absolute paths are accepted too).
+
+`generate` writes one schedule per run, so comparing schedules means several runs: every
+function here takes either one run directory or a folder whose subfolders are runs (e.g.
+`runs/cmp/none`, `runs/cmp/fast`, ...), read as one table with image paths relative to it.
 """
 
 from __future__ import annotations
@@ -22,11 +26,22 @@ from ecad_ray.metrics.fid import load_rgb
 RESULTS = "results.parquet"
 REQUIRED_COLUMNS = ("prompt_id", "prompt", "seed", "model", "schedule", "image_path")
 # Names the all-recompute (uncached) schedule goes by, tried in order when none is given.
-REFERENCE_SCHEDULE_NAMES = ("baseline", "all-recompute", "none", "no-cache", "uncached", "default", "full")
+REFERENCE_SCHEDULE_NAMES = ("none", "baseline", "all-recompute", "no-cache", "uncached", "default", "full")
+
+
+def run_dirs(root: Path, option: str = "RUN_DIR") -> list[Path]:
+    """`root` itself when it is a run, else its direct subfolders that are runs (sorted)."""
+    root = Path(root)
+    if (root / RESULTS).is_file():
+        return [root]
+    runs = sorted(p for p in root.iterdir() if (p / RESULTS).is_file()) if root.is_dir() else []
+    if not runs:
+        raise UserError(f"{option} {root}: no {RESULTS} in it nor in its subfolders (not a generate run?)")
+    return runs
 
 
 def results_file(run_dir: Path, option: str = "RUN_DIR") -> pq.ParquetFile:
-    """The run's `results.parquet`, checked for the columns metrics need."""
+    """One run's `results.parquet`, checked for the columns metrics need."""
     path = Path(run_dir) / RESULTS
     if not path.is_file():
         raise UserError(f"{option} {run_dir}: no {RESULTS} (not a generate run directory?)")
@@ -37,13 +52,42 @@ def results_file(run_dir: Path, option: str = "RUN_DIR") -> pq.ParquetFile:
     return file
 
 
-def iter_result_batches(run_dir: Path, batch_size: int) -> Iterator[dict]:
-    """Stream the results table as column dicts of `batch_size` rows, each with its `image` loaded."""
-    run_dir = Path(run_dir)
-    for record_batch in results_file(run_dir).iter_batches(batch_size=batch_size):
-        batch = record_batch.to_pydict()
-        batch["image"] = [load_rgb(resolve_image(run_dir, p)) for p in batch["image_path"]]
-        yield batch
+def read_results(root: Path, columns: list[str], option: str = "RUN_DIR") -> pa.Table:
+    """The given columns of every run under `root` (missing optional columns come back null)."""
+    tables = []
+    for run in run_dirs(root, option):
+        file = results_file(run, option)
+        have = [c for c in columns if c in file.schema_arrow.names]
+        table = file.read(columns=have)
+        for c in columns:
+            if c not in have:
+                table = table.append_column(c, pa.nulls(table.num_rows))
+        if "image_path" in columns:
+            paths = [_relative(root, run, p) for p in table.column("image_path").to_pylist()]
+            table = table.set_column(table.column_names.index("image_path"), "image_path", pa.array(paths, pa.string()))
+        tables.append(table.select(columns))
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def iter_result_batches(root: Path, batch_size: int) -> Iterator[dict]:
+    """Stream every run's results as column dicts of up to `batch_size` rows, `image` loaded.
+
+    `image_path` is rewritten relative to `root`, so tables written there point at the images.
+    """
+    root = Path(root)
+    for run in run_dirs(root):
+        for record_batch in results_file(run).iter_batches(batch_size=batch_size):
+            batch = record_batch.to_pydict()
+            batch["image_path"] = [_relative(root, run, p) for p in batch["image_path"]]
+            batch["image"] = [load_rgb(resolve_image(root, p)) for p in batch["image_path"]]
+            yield batch
+
+
+def _relative(root: Path, run: Path, image_path: str) -> str:
+    path = Path(image_path)
+    if path.is_absolute() or run == root:
+        return str(image_path)
+    return str(run.relative_to(root) / path)
 
 
 def resolve_image(run_dir: Path, image_path: str) -> Path:
@@ -52,9 +96,9 @@ def resolve_image(run_dir: Path, image_path: str) -> Path:
     return path if path.is_absolute() else Path(run_dir) / path
 
 
-def schedules_of(run_dir: Path) -> list[str]:
-    """The distinct schedules in a run, in first-seen order."""
-    table = results_file(run_dir).read(columns=["schedule"])
+def schedules_of(root: Path, option: str = "RUN_DIR") -> list[str]:
+    """The distinct schedules under `root`, in first-seen order."""
+    table = read_results(root, ["schedule"], option)
     return list(dict.fromkeys(table.column("schedule").to_pylist()))
 
 
@@ -82,11 +126,8 @@ class ReferenceImages:
 
     def __init__(self, run_dir: Path, schedule: str | None = None, option: str = "--reference") -> None:
         self.run_dir = Path(run_dir)
-        file = results_file(self.run_dir, option)
-        self.schedule = pick_reference_schedule(schedules_of(self.run_dir), schedule, "--reference-schedule")
-        columns = ["prompt_id", "seed", "image_path", "schedule"]
-        extra = [c for c in ("seconds", "model") if c in file.schema_arrow.names]
-        table = file.read(columns=columns + extra)
+        self.schedule = pick_reference_schedule(schedules_of(self.run_dir, option), schedule, "--reference-schedule")
+        table = read_results(self.run_dir, ["prompt_id", "seed", "image_path", "schedule", "seconds", "model"], option)
         table = table.filter(pc.equal(table.column("schedule"), self.schedule))
         self.paths = {
             (str(pid), int(seed)): path
@@ -97,7 +138,6 @@ class ReferenceImages:
             )
         }
         self.seconds_per_image = _mean(table, "seconds")
-        self.models = set(table.column("model").to_pylist()) if "model" in extra else set()
 
     def image(self, prompt_id: str, seed: int) -> np.ndarray | None:
         """The reference image for this prompt and seed, or None when the reference lacks it."""

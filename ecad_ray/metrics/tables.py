@@ -200,8 +200,9 @@ def _mean_std(series, finite_only: bool) -> tuple[float | None, float | None]:
         values = values[np.isfinite(values)]
     if len(values) == 0:
         return None, None
-    std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-    return float(values.mean()), (std if np.isfinite(std) else None)
+    if not np.isfinite(values).all():
+        return float(values.mean()), None
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
 def write_table_atomic(table: pa.Table, path: Path) -> Path:
