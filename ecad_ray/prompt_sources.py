@@ -30,7 +30,8 @@ from ecad_ray.errors import UserError
 
 DATASETS = ("file", "drawbench", "coco", "imagereward", "mjhq", "parti")
 COCO_MEGABATCH = 3000  # lines per COCO megabatch (ECAD's megabatch_0..9 of the 30k captions)
-_CHUNK = 1 << 16  # bytes read at a time by the streaming JSON reader
+_CHUNK = 1 << 16  # characters read at a time by the streaming JSON reader
+_AFTER_VALUE = frozenset(",:]} \t\r\n")  # what may follow a complete JSON value
 
 
 @dataclass(frozen=True)
@@ -191,8 +192,8 @@ def iter_json_items(path: Path, mapping: bool = False) -> Iterator:
                     if read_more():
                         continue
                     raise UserError(f"--file-path {path}: invalid JSON ({err.msg})") from err
-                if end == len(buf) and read_more():
-                    continue  # a number at the chunk's end may be cut short: decode it again
+                if (end == len(buf) or buf[end] not in _AFTER_VALUE) and read_more():
+                    continue  # a number at the chunk's end may be cut short ("3." of "3.25"): again
                 pos = end
                 return value
 
