@@ -36,7 +36,7 @@ class ClipScorer:
         """CLIP score per pair, float64 of shape (B,)."""
         inputs = self.processor(
             text=list(prompts),
-            images=list(images_BHWC),
+            images=list(np.array(images_BHWC, dtype=np.uint8)),  # writable copies for torch
             return_tensors="pt",
             padding=True,
             truncation=True,

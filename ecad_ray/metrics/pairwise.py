@@ -80,8 +80,11 @@ class LpipsScorer:
                 f"weights, copy the file there, or use --lpips-random-backbone (tests only)"
             )
         use_cache = backbone_weights is None and not random_backbone
-        with warnings.catch_warnings():  # lpips still passes torchvision's deprecated `pretrained`
+        # lpips still passes torchvision's deprecated `pretrained`; a random backbone is seeded
+        # so its scores repeat from run to run
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
             warnings.simplefilter("ignore", UserWarning)
+            torch.manual_seed(0)
             self.model = lpips.LPIPS(net=net, pnet_rand=not use_cache, verbose=False)
         if backbone_weights is not None:
             _load_backbone(self.model, net, Path(backbone_weights))

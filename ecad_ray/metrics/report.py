@@ -64,7 +64,7 @@ def summary_rich_table(summary: pa.Table, title: str = "ecad-ray summary"):
     keys = ["model", "schedule"] if len({r["model"] for r in rows}) > 1 else ["schedule"]
     table = Table(title=title)
     for name in (*keys, *shown):
-        table.add_column(_HEADERS.get(name, name), justify="left" if name in keys else "right")
+        table.add_column(_HEADERS.get(name, name), justify="left" if name in keys else "right", no_wrap=name in keys)
     for r in rows:
         label = r["schedule"] + (" (ref)" if r["is_reference"] else "")
         table.add_row(*([r["model"]] if len(keys) == 2 else []), label, *(_fmt(r.get(c)) for c in shown))
