@@ -149,15 +149,20 @@ def summarize(
     `reference_seconds` is the reference run's seconds per image when the reference is another
     run; otherwise the reference schedule of the same model in this run sets the speedup.
     """
-    df = pq.read_table(metrics_path).to_pandas()
+    columns = ["model", "schedule", "partition", ERROR_COLUMN, "macs", "seconds", *QUALITY_COLUMNS]
+    data = pq.read_table(metrics_path, columns=columns).to_pydict()
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, key in enumerate(zip(data["model"], data["schedule"])):
+        groups.setdefault(key, []).append(i)
     rows = []
-    groups = [(key, g) for key, g in df.groupby(["model", "schedule"], sort=False)]
-    for (model, schedule), group in groups:
-        parts = [(ALL, group)] + [
-            (p, g) for p, g in group.groupby("partition", sort=True) if p != ALL
-        ]
-        for part, g in parts:
-            rows.append(_summary_row(model, schedule, part, g, reference_schedule, fid_stats, fid_reference))
+    for (model, schedule), idx in groups.items():
+        parts: dict[str, list[int]] = {}
+        for i in idx:
+            if data["partition"][i] != ALL:
+                parts.setdefault(data["partition"][i], []).append(i)
+        for part, part_idx in [(ALL, idx), *sorted(parts.items())]:
+            group = {c: [data[c][i] for i in part_idx] for c in columns}
+            rows.append(_summary_row(model, schedule, part, group, reference_schedule, fid_stats, fid_reference))
     base = {
         r["model"]: r["seconds_per_image"]
         for r in rows
@@ -170,39 +175,36 @@ def summarize(
     return pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA)
 
 
-def _summary_row(model, schedule, part, g, reference_schedule, fid_stats, fid_reference) -> dict:
+def _summary_row(model, schedule, part, group: dict[str, list], reference_schedule, fid_stats, fid_reference) -> dict:
+    """One summary row from the per-image values of one group (columns -> value lists)."""
     row = {
         "model": model,
         "schedule": schedule,
         "partition": part,
-        "n_images": len(g),
-        "n_errors": int(g[ERROR_COLUMN].notna().sum()),
+        "n_images": len(group["model"]),
+        "n_errors": sum(e is not None for e in group[ERROR_COLUMN]),
         "is_reference": schedule == reference_schedule,
-        "macs": _mean(g["macs"]),
-        "seconds_per_image": _mean(g["seconds"]),
+        "macs": _mean_std(group["macs"])[0],
+        "seconds_per_image": _mean_std(group["seconds"])[0],
     }
     for col in QUALITY_COLUMNS:
-        row[f"{col}_mean"], row[f"{col}_std"] = _mean_std(g[col], finite_only=col == "psnr")
+        row[f"{col}_mean"], row[f"{col}_std"] = _mean_std(group[col], finite_only=col == "psnr")
     stats = (fid_stats or {}).get((model, schedule, part))
     row["fid"] = fid_reference.fid(stats, part) if fid_reference and stats else None
     return row
 
 
-def _mean(series) -> float | None:
-    values = series.dropna()
-    return float(values.mean()) if len(values) else None
-
-
-def _mean_std(series, finite_only: bool) -> tuple[float | None, float | None]:
-    """Mean and sample std; `finite_only` drops infinities (PSNR of identical images) if any remain."""
-    values = series.dropna().to_numpy(dtype=np.float64)
-    if finite_only and np.isfinite(values).any():
-        values = values[np.isfinite(values)]
-    if len(values) == 0:
+def _mean_std(values: list, finite_only: bool = False) -> tuple[float | None, float | None]:
+    """Mean and sample std of the non-null values; `finite_only` drops infinities (PSNR of
+    identical images) when finite values remain."""
+    arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if finite_only and np.isfinite(arr).any():
+        arr = arr[np.isfinite(arr)]
+    if len(arr) == 0:
         return None, None
-    if not np.isfinite(values).all():
-        return float(values.mean()), None
-    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    if not np.isfinite(arr).all():
+        return float(arr.mean()), None
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
 
 def write_table_atomic(table: pa.Table, path: Path) -> Path:
