@@ -54,9 +54,10 @@ METRICS_SCHEMA = pa.schema(
 
 _STAT_FIELDS = []
 for _col in QUALITY_COLUMNS:
+    _over = " (finite values: identical images give inf)" if _col == "psnr" else ""
     _STAT_FIELDS += [
-        _field(f"{_col}_mean", pa.float64(), f"mean {_col} over the images (PSNR: over finite values)"),
-        _field(f"{_col}_std", pa.float64(), f"standard deviation of {_col} (PSNR: over finite values)"),
+        _field(f"{_col}_mean", pa.float64(), f"mean {_col} over the group's images{_over}"),
+        _field(f"{_col}_std", pa.float64(), f"sample standard deviation of {_col}{_over}"),
     ]
 
 SUMMARY_SCHEMA = pa.schema(
@@ -67,7 +68,7 @@ SUMMARY_SCHEMA = pa.schema(
         _field("n_images", pa.int64(), "images in this group", False),
         _field("n_errors", pa.int64(), "images with at least one failed metric", False),
         *_STAT_FIELDS,
-        _field("fid", pa.float64(), "FID against the reference statistics (null without --fid-ref)"),
+        _field("fid", pa.float64(), "FID vs --fid-ref statistics, else vs the reference schedule's images; null if neither"),
         _field("macs", pa.float64(), "mean MACs per image, when recorded"),
         _field("seconds_per_image", pa.float64(), "mean generation seconds per image"),
         _field("speedup", pa.float64(), "reference schedule's seconds per image / this schedule's"),
