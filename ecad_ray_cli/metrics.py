@@ -60,9 +60,9 @@ def metrics(
     )
     console = Console()
     console.print(summary_rich_table(read_summary(run_dir), title=f"{run_dir}"))
-    console.print(f"wrote {result.metrics_path} and {result.summary_path}")
+    typer.echo(f"wrote {result.metrics_path} and {result.summary_path}")
     if result.fid_source:
-        console.print(f"FID reference: {result.fid_source}")
+        typer.echo(f"FID reference: {result.fid_source}")
     for message in result.load_errors.values():
         print(f"error: {message}", file=sys.stderr)
     if result.load_errors:

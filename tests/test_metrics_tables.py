@@ -115,6 +115,9 @@ def test_reference_schedule_must_be_known(study):
         evaluate_run(study, MetricsConfig(metrics=("psnr",), **FAST))
     with pytest.raises(UserError, match="RUN_DIR .*no results.parquet"):
         evaluate_run(study / "none", MetricsConfig(metrics=("psnr",), **FAST))
+    write_run(study / "fast-again", "fast", base_images(2), 1.0)
+    with pytest.raises(UserError, match="runs fast and fast-again both hold schedule fast of model demo"):
+        evaluate_run(study, MetricsConfig(metrics=("psnr",), **FAST), reference_schedule="fast")
 
 
 def test_metrics_and_report_commands(study, clip_dir):

@@ -55,18 +55,23 @@ def test_lpips_without_backbone_weights_names_the_file_and_the_options(monkeypat
     assert "--lpips-random-backbone" in message and "\n" not in message
 
 
-def test_lpips_backbone_loads_from_a_local_torchvision_file(tmp_path):
+def test_lpips_backbone_loads_from_a_local_torchvision_file(tmp_path, images):
     import torchvision
 
     torch.manual_seed(3)
-    alexnet = torchvision.models.alexnet(weights=None)
-    path = tmp_path / "alexnet.pth"
-    torch.save(alexnet.state_dict(), path)
-    scorer = pairwise.LpipsScorer("alex", backbone_weights=str(path))
-    loaded = scorer.model.net.slice2._modules["3"].weight  # features[3]: alexnet's 2nd conv
-    assert torch.equal(loaded, alexnet.features[3].weight)
-    with pytest.raises(UserError, match="--lpips-backbone"):
+    squeezenet = torchvision.models.squeezenet1_1(weights=None)  # small: the same code path as alex/vgg
+    path = tmp_path / "squeezenet.pth"
+    torch.save(squeezenet.state_dict(), path)
+    scorer = pairwise.LpipsScorer("squeeze", backbone_weights=str(path))
+    loaded = scorer.model.net.slice3._modules["6"].squeeze.weight  # features[6]: a Fire module
+    assert torch.equal(loaded, squeezenet.features[6].squeeze.weight)
+    batch = np.stack(images[:2])
+    assert np.allclose(scorer(batch, batch), 0.0, atol=1e-7)
+    with pytest.raises(UserError, match="--lpips-backbone .*nope.pth: no such file"):
         pairwise.LpipsScorer("alex", backbone_weights=str(tmp_path / "nope.pth"))
+    torch.save({"not": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(UserError, match="not torchvision squeezenet1_1 weights"):
+        pairwise.LpipsScorer("squeeze", backbone_weights=str(tmp_path / "other.pth"))
 
 
 def test_feature_stats_stream_equals_numpy_in_any_batch_order():

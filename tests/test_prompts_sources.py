@@ -2,7 +2,6 @@
 
 import csv
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -155,13 +154,14 @@ def test_embed_fills_partitions_and_resumes(tmp_path):
     assert set(lines[:12]) <= set(EmbeddingStore(store).lookup("demo", ""))
 
 
-def test_embed_bad_dataset_is_one_line_and_exit_1(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "ecad_ray_cli", "embed", "--dataset", "laion", "--file-path",
-         str(DATA / "drawbench_sample.txt"), "--output-dir", str(tmp_path / "s")],
-        capture_output=True, text=True, cwd=Path(__file__).parents[1],
-    )
-    assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines() == [
+def test_embed_bad_dataset_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    from ecad_ray_cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["ecad-ray", "embed", "--dataset", "laion", "--file-path",
+                                      str(DATA / "drawbench_sample.txt"), "--output-dir", str(tmp_path / "s")])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
         "error: --dataset laion: choose one of file, drawbench, coco, imagereward, mjhq, parti"
     ]

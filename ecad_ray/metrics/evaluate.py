@@ -21,10 +21,10 @@ from ecad_ray.metrics.config import MetricsConfig
 from ecad_ray.metrics.fid import ALL, FeatureExtractor, ReferenceStats, default_cache_dir, load_reference
 from ecad_ray.metrics.runs import (
     ReferenceImages,
+    check_distinct_schedules,
     iter_result_batches,
     pick_reference_schedule,
     read_results,
-    run_dirs,
     schedules_of,
 )
 from ecad_ray.metrics.suite import MetricSuite
@@ -53,7 +53,7 @@ def evaluate_run(
 ) -> Evaluation:
     """Score every image of `run_dir` and write `metrics.parquet` and `summary.parquet` there."""
     run_dir = Path(run_dir)
-    run_dirs(run_dir)
+    check_distinct_schedules(run_dir)
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: must be positive")
     reference, ref_schedule = _reference(run_dir, config, reference_dir, reference_schedule)

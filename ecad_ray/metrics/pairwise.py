@@ -79,6 +79,8 @@ class LpipsScorer:
                 f"pass --lpips-backbone PATH to torchvision's {_TORCHVISION_BUILDERS[net]} ImageNet "
                 f"weights, copy the file there, or use --lpips-random-backbone (tests only)"
             )
+        if backbone_weights is not None and not Path(backbone_weights).is_file():
+            raise UserError(f"--lpips-backbone {backbone_weights}: no such file")
         use_cache = backbone_weights is None and not random_backbone
         # lpips still passes torchvision's deprecated `pretrained`; a random backbone is seeded
         # so its scores repeat from run to run
@@ -108,8 +110,6 @@ def _load_backbone(model, net: str, path: Path) -> None:
     """Copy torchvision ImageNet weights from `path` into lpips' sliced backbone."""
     import torchvision
 
-    if not path.is_file():
-        raise UserError(f"--lpips-backbone {path}: no such file")
     reference = getattr(torchvision.models, _TORCHVISION_BUILDERS[net])(weights=None)
     try:
         reference.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

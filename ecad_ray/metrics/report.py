@@ -41,7 +41,7 @@ def read_summary(run_dir: Path) -> pa.Table:
 
 _HEADERS = {
     "n_images": "images",
-    "seconds_per_image": "s/image",
+    "seconds_per_image": "s/img",
     "speedup": "speedup",
     "macs": "MACs",
     "fid": "FID",
@@ -50,7 +50,7 @@ _HEADERS = {
     "lpips_mean": "LPIPS",
     "ssim_mean": "SSIM",
     "psnr_mean": "PSNR",
-    "n_errors": "errors",
+    "n_errors": "err",
 }
 
 
@@ -60,11 +60,12 @@ def summary_rich_table(summary: pa.Table, title: str = "ecad-ray summary"):
 
     rows = [r for r in summary.to_pylist() if r["partition"] == ""]
     rows.sort(key=lambda r: (not r["is_reference"], -(r["speedup"] or 0.0)))
-    shown = [c for c in _HEADERS if any(r.get(c) is not None for r in rows)]
+    shown = [c for c in _HEADERS if any(r.get(c) for r in rows) or (c != "n_errors" and any(r.get(c) is not None for r in rows))]
     keys = ["model", "schedule"] if len({r["model"] for r in rows}) > 1 else ["schedule"]
     table = Table(title=title)
     for name in (*keys, *shown):
-        table.add_column(_HEADERS.get(name, name), justify="left" if name in keys else "right", no_wrap=name in keys)
+        header = _HEADERS.get(name, name)
+        table.add_column(header, justify="left" if name in keys else "right", no_wrap=name in keys)
     for r in rows:
         label = r["schedule"] + (" (ref)" if r["is_reference"] else "")
         table.add_row(*([r["model"]] if len(keys) == 2 else []), label, *(_fmt(r.get(c)) for c in shown))

@@ -40,6 +40,20 @@ def run_dirs(root: Path, option: str = "RUN_DIR") -> list[Path]:
     return runs
 
 
+def check_distinct_schedules(root: Path, option: str = "RUN_DIR") -> None:
+    """Refuse a folder where two runs hold the same model + schedule (their rows would merge)."""
+    owner: dict[tuple[str, str], Path] = {}
+    for run in run_dirs(root, option):
+        table = results_file(run, option).read(columns=["model", "schedule"])
+        for key in set(zip(table.column("model").to_pylist(), table.column("schedule").to_pylist())):
+            if key in owner:
+                raise UserError(
+                    f"{option} {root}: runs {owner[key].name} and {run.name} both hold schedule {key[1]} "
+                    f"of model {key[0]}; score them separately (--reference for the baseline run)"
+                )
+            owner[key] = run
+
+
 def results_file(run_dir: Path, option: str = "RUN_DIR") -> pq.ParquetFile:
     """One run's `results.parquet`, checked for the columns metrics need."""
     path = Path(run_dir) / RESULTS
