@@ -35,7 +35,6 @@ def metrics(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
 ) -> None:
     """Score every image of RUN_DIR; a metric that cannot run is reported and left null."""
-    import ecad_ray  # noqa: F401  (torchvision shim before transformers / lpips / clean-fid)
     from rich.console import Console
 
     from ecad_ray.metrics.config import MetricsConfig, parse_metric_names

@@ -68,3 +68,8 @@ def tiny_clip(folder: Path) -> Path:
     model.save_pretrained(folder)
     CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
     return folder
+
+
+def broken_features(x_BCHW):
+    """A FID feature extractor that fails on every batch (for failure-isolation tests)."""
+    raise RuntimeError("extractor exploded")

@@ -2,7 +2,6 @@
 
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -77,6 +76,16 @@ def test_a_metric_that_cannot_load_leaves_the_rest_of_the_run(study, tmp_path):
     assert all("not a CLIP save_pretrained folder" in r["metric_error"] for r in rows)
     assert all(r["psnr"] is not None and r["lpips"] is not None for r in rows)
     assert len(list((study / "fast" / "images").iterdir())) == 6  # images untouched
+
+
+def test_a_metric_failing_at_run_time_is_recorded_per_row(study):
+    config = MetricsConfig(metrics=("psnr", "fid"), lpips_random_backbone=True, fid_extractor="metrics_fakes:broken_features")
+    result = evaluate_run(study, config)
+    rows = pq.read_table(result.metrics_path).to_pylist()
+    assert all(r["metric_error"] == "fid: RuntimeError: extractor exploded" for r in rows)
+    assert all(r["psnr"] is not None for r in rows)
+    summary = by_schedule(pq.read_table(result.summary_path))
+    assert summary["fast"]["fid"] is None and summary["fast"]["n_errors"] == 6
 
 
 def test_missing_reference_image_is_a_row_error_not_a_crash(study):

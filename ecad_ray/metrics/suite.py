@@ -56,9 +56,9 @@ class MetricSuite:
         if metric not in self._scorers:
             try:
                 self._scorers[metric] = self._build(metric)
-            except UserError as err:
-                self.load_errors[metric] = str(err)
-                raise
+            except Exception as err:  # noqa: BLE001 - remembered: the metric is not retried per batch
+                self.load_errors[metric] = str(err) if isinstance(err, UserError) else _describe(metric, err)
+                raise UserError(self.load_errors[metric]) from err
         return self._scorers[metric]
 
     def _build(self, metric: str):
@@ -98,7 +98,7 @@ class MetricSuite:
                 elif rows:
                     values[rows] = [scorer(images[i], refs[i]) for i in rows]
         except Exception as err:  # noqa: BLE001 - a metric must never take the run down
-            message = str(err) if isinstance(err, UserError) else f"{metric}: {type(err).__name__}: {err}"
+            message = str(err) if isinstance(err, UserError) else _describe(metric, err)
             for row_errors in errors:
                 row_errors.append(message)
         return values
@@ -108,7 +108,7 @@ class MetricSuite:
         try:
             return self.scorer("fid")(np.stack(images)).astype(np.float32)
         except Exception as err:  # noqa: BLE001
-            message = str(err) if isinstance(err, UserError) else f"fid: {type(err).__name__}: {err}"
+            message = str(err) if isinstance(err, UserError) else _describe("fid", err)
             for row_errors in errors:
                 row_errors.append(message)
             return None
@@ -127,6 +127,12 @@ class MetricSuite:
                     errors[i].append(f"reference: no image for prompt_id={pid} seed={seed}")
             refs.append(ref)
         return refs
+
+
+def _describe(metric: str, err: Exception) -> str:
+    """One line for an unexpected metric failure."""
+    first = str(err).splitlines()[0] if str(err) else ""
+    return f"{metric}: {type(err).__name__}" + (f": {first}" if first else "")
 
 
 def _comparable(metric: str, images, refs, errors) -> list[int]:
