@@ -217,3 +217,28 @@ def test_metrics_stage_in_a_ray_data_plan_writes_the_same_tables(study, tmp_path
     local_summary = by_schedule(pq.read_table(local.summary_path))
     for key in ("psnr_mean", "lpips_mean", "fid", "speedup"):
         assert ray_summary["fast"][key] == pytest.approx(local_summary["fast"][key], rel=1e-5)
+
+
+def test_fid_is_per_model_and_a_bad_fid_reference_keeps_the_summary(tmp_path):
+    images = base_images(6)
+    write_run(tmp_path / "a-none", "none", images, 2.0, model="demo")
+    write_run(tmp_path / "b-none", "none", [shifted(i, 8) for i in images], 2.0, model="other")
+    write_run(tmp_path / "b-fast", "fast", [shifted(i, 8) for i in images], 1.0, model="other")
+    config = MetricsConfig(metrics=("fid",), fid_extractor="pixels")
+    result = evaluate_run(tmp_path, config)
+    rows = {(r["model"], r["schedule"]): r for r in pq.read_table(result.summary_path).to_pylist()}
+    # each model is compared with its own baseline, never with another model's images
+    assert rows[("demo", "none")]["fid"] == pytest.approx(0, abs=1e-6)
+    assert rows[("other", "none")]["fid"] == pytest.approx(0, abs=1e-6)
+    assert rows[("other", "fast")]["fid"] == pytest.approx(0, abs=1e-6)  # same pixels as its baseline
+    with pytest.raises(UserError, match="--fid-ref .*no such folder"):
+        evaluate_run(tmp_path, config, fid_ref=str(tmp_path / "missing"))
+    one_image = tmp_path / "tiny-ref"
+    one_image.mkdir()
+    from PIL import Image
+
+    Image.fromarray(images[0]).save(one_image / "0.png")
+    (tmp_path / "summary.parquet").unlink()
+    with pytest.raises(UserError, match="needs at least 2 images"):
+        evaluate_run(tmp_path, config, fid_ref=str(one_image), cache_dir=tmp_path / "cache")
+    assert pq.read_table(tmp_path / "summary.parquet").column("fid").null_count == 3

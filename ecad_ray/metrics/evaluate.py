@@ -56,6 +56,8 @@ def evaluate_run(
     check_distinct_schedules(run_dir)
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: must be positive")
+    if fid_ref is not None and config.wants("fid") and not Path(fid_ref).exists():
+        raise UserError(f"--fid-ref {fid_ref}: no such folder or statistics file")
     reference, ref_schedule = _reference(run_dir, config, reference_dir, reference_schedule)
     suite = MetricSuite(config, reference)
     batches = (batch | suite.score(batch) for batch in iter_result_batches(run_dir, batch_size))
@@ -68,7 +70,7 @@ def evaluate_run(
         batches,
         reference_schedule=ref_schedule,
         fid_ref=fid_ref if config.wants("fid") else None,
-        extractor=extractor if "fid" not in suite.load_errors else None,
+        extractor=extractor,
         resolution=_resolution(run_dir),
         reference_seconds=reference.seconds_per_image if reference_dir and reference else None,
         cache_dir=cache_dir,
@@ -99,29 +101,42 @@ def write_metric_tables(
         writer.abort()
         raise
     metrics_path = writer.close()
-    fid_reference = None
+    references, source, fid_error = {}, None, None
     if writer.fid_stats:
-        fid_reference = _fid_reference(writer, fid_ref, extractor, resolution, reference_schedule, cache_dir)
-    summary = summarize(metrics_path, reference_schedule, writer.fid_stats, fid_reference, reference_seconds)
+        try:
+            references, source = _fid_references(writer, fid_ref, extractor, resolution, reference_schedule, cache_dir)
+        except UserError as err:  # a bad reference costs the FID column, not the summary
+            fid_error = err
+    summary = summarize(metrics_path, reference_schedule, writer.fid_stats, references.get, reference_seconds)
     summary_path = write_table_atomic(summary, Path(run_dir) / SUMMARY_FILE)
-    return metrics_path, summary_path, fid_reference.source if fid_reference else None
+    if fid_error is not None:
+        raise fid_error
+    return metrics_path, summary_path, source
 
 
-def _fid_reference(writer, fid_ref, extractor, resolution, reference_schedule, cache_dir) -> ReferenceStats | None:
-    """Reference statistics from `fid_ref`, else from the reference schedule's own features."""
+def _fid_references(writer, fid_ref, extractor, resolution, reference_schedule, cache_dir):
+    """FID reference statistics per model, and where they came from.
+
+    `fid_ref` (folder or `.npz`) serves every model; without it each model is compared with
+    its own reference schedule's images.
+    """
+    models = {model for model, _, _ in writer.fid_stats}
     if fid_ref is not None:
         if extractor is None:
-            return None
+            return {}, None
         built = extractor() if callable(extractor) and not isinstance(extractor, FeatureExtractor) else extractor
-        return load_reference(fid_ref, built, resolution, cache_dir or default_cache_dir())
-    stats = {
-        part: s.mean_cov()
-        for (model, schedule, part), s in writer.fid_stats.items()
-        if schedule == reference_schedule and s.n >= 2
-    }
-    if not stats:
-        return None
-    return ReferenceStats(f"schedule {reference_schedule} of this run", stats)
+        stats = load_reference(fid_ref, built, resolution, cache_dir or default_cache_dir())
+        return dict.fromkeys(models, stats), stats.source
+    references = {}
+    for model in models:
+        own = {
+            part: s.mean_cov()
+            for (m, schedule, part), s in writer.fid_stats.items()
+            if m == model and schedule == reference_schedule and s.n >= 2
+        }
+        if own:
+            references[model] = ReferenceStats(f"schedule {reference_schedule} of this run", own)
+    return references, f"schedule {reference_schedule} of this run" if references else None
 
 
 def _reference(run_dir, config, reference_dir, reference_schedule):

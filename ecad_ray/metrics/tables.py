@@ -14,6 +14,7 @@ features into per-schedule statistics, and writes `summary.parquet` when closed.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -142,11 +143,12 @@ def summarize(
     metrics_path: Path,
     reference_schedule: str | None,
     fid_stats: dict[tuple[str, str, str], FeatureStats] | None = None,
-    fid_reference: ReferenceStats | None = None,
+    fid_reference: Callable[[str], ReferenceStats | None] | None = None,
     reference_seconds: float | None = None,
 ) -> pa.Table:
     """Per model / schedule / partition statistics of `metrics.parquet` as a `SUMMARY_SCHEMA` table.
 
+    `fid_reference(model)` gives the FID reference statistics for a model (None: no FID).
     `reference_seconds` is the reference run's seconds per image when the reference is another
     run; otherwise the reference schedule of the same model in this run sets the speedup.
     """
@@ -191,7 +193,8 @@ def _summary_row(model, schedule, part, group: dict[str, list], reference_schedu
     for col in QUALITY_COLUMNS:
         row[f"{col}_mean"], row[f"{col}_std"] = _mean_std(group[col], finite_only=col == "psnr")
     stats = (fid_stats or {}).get((model, schedule, part))
-    row["fid"] = fid_reference.fid(stats, part) if fid_reference and stats else None
+    reference = fid_reference(model) if fid_reference else None
+    row["fid"] = reference.fid(stats, part) if reference and stats else None
     return row
 
 
