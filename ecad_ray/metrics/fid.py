@@ -27,6 +27,7 @@ import torch
 
 from ecad_ray.errors import UserError
 from ecad_ray.metrics.config import INCEPTION_FILE, INCEPTION_URL, MetricsConfig
+from ecad_ray.prompt_sources import partition_name
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 ALL = ""  # partition key of the statistics over every image
@@ -173,8 +174,9 @@ def load_reference(
 ) -> ReferenceStats:
     """Reference statistics from a stats `.npz`, or a folder of images (cached per name).
 
-    A folder's direct subfolders are partitions (MJHQ-30K keeps `<category>/<id>.jpg`), so a
-    run with MJHQ categories gets one FID per category as well as the overall one.
+    A folder's direct subfolders are partitions (MJHQ-30K keeps `<category>/<id>.jpg`), named
+    as prompt sources name them (`partition_name`), so a run with MJHQ categories gets one FID
+    per category as well as the overall one.
     """
     path = Path(ref)
     if path.is_file():
@@ -194,7 +196,7 @@ def load_reference(
         feats = extractor(np.stack([load_rgb(f, resolution) for f in batch]))
         for file, row in zip(batch, feats):
             rel = file.relative_to(path).parts
-            for part in {ALL, rel[0] if len(rel) > 1 else ALL}:
+            for part in {ALL, partition_name(rel[0]) if len(rel) > 1 else ALL}:
                 stats.setdefault(part, FeatureStats()).add(row[None])
     result = {p: s.mean_cov() for p, s in stats.items() if s.n >= 2}
     _save_npz(cache, result)
