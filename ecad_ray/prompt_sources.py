@@ -158,69 +158,74 @@ _READERS = {
 def iter_json_items(path: Path, mapping: bool = False) -> Iterator:
     """Stream the items of a top-level JSON list (or `(key, value)` pairs of an object).
 
-    Reads `_CHUNK` bytes at a time and decodes one value at a time, so memory follows the
-    largest single item, not the file (MJHQ-30K's meta data is one 30k-entry object).
+    Reads `_CHUNK` characters at a time and decodes one value at a time, so memory follows
+    the largest single item, not the file (MJHQ-30K's meta data is one 30k-entry object).
     """
-    decoder = json.JSONDecoder()
     opener, closer = ("{", "}") if mapping else ("[", "]")
     with path.open(encoding="utf-8") as f:
-        buf, pos = f.read(_CHUNK), 0
-
-        def read_more() -> bool:
-            """Drop what was consumed and append the next chunk; False at end of file."""
-            nonlocal buf, pos
-            more = f.read(_CHUNK)
-            buf, pos = buf[pos:] + more, 0
-            return bool(more)
-
-        def skip_ws() -> str:
-            nonlocal pos
-            while True:
-                while pos < len(buf) and buf[pos].isspace():
-                    pos += 1
-                if pos < len(buf):
-                    return buf[pos]
-                if not read_more():
-                    return ""
-
-        def decode():
-            nonlocal pos
-            while True:
-                try:
-                    value, end = decoder.raw_decode(buf, pos)
-                except json.JSONDecodeError as err:
-                    if read_more():
-                        continue
-                    raise UserError(f"--file-path {path}: invalid JSON ({err.msg})") from err
-                if (end == len(buf) or buf[end] not in _AFTER_VALUE) and read_more():
-                    continue  # a number at the chunk's end may be cut short ("3." of "3.25"): again
-                pos = end
-                return value
-
-        if skip_ws() != opener:
-            kind = "an object" if mapping else "a list"
-            raise UserError(f"--file-path {path}: expected {kind} at the top level")
-        pos += 1
-        first = True
+        stream = _JsonStream(f, path)
+        if stream.peek() != opener:
+            raise UserError(f"--file-path {path}: expected {'an object' if mapping else 'a list'} at the top level")
+        stream.take(opener)
+        if stream.peek() == closer:
+            return
         while True:
-            ch = skip_ws()
-            if ch == closer:
-                return
-            if not first:
-                if ch != ",":
-                    raise UserError(f"--file-path {path}: invalid JSON (expected ',' or '{closer}')")
-                pos += 1
-                skip_ws()
-            first = False
             if mapping:
-                key = decode()
-                if skip_ws() != ":":
-                    raise UserError(f"--file-path {path}: invalid JSON (expected ':')")
-                pos += 1
-                skip_ws()
-                yield str(key), decode()
+                key = stream.value()
+                stream.take(":")
+                yield str(key), stream.value()
             else:
-                yield decode()
+                yield stream.value()
+            if stream.peek() == closer:
+                return
+            stream.take(",", also=closer)
+
+
+class _JsonStream:
+    """A sliding character window over a text file that decodes one JSON value at a time."""
+
+    def __init__(self, file, path: Path) -> None:
+        self.file, self.path = file, path
+        self.decoder = json.JSONDecoder()
+        self.buf, self.pos = file.read(_CHUNK), 0
+
+    def read_more(self) -> bool:
+        """Drop what was consumed and append the next chunk; False at end of file."""
+        more = self.file.read(_CHUNK)
+        self.buf, self.pos = self.buf[self.pos :] + more, 0
+        return bool(more)
+
+    def peek(self) -> str:
+        """The next non-space character ("" at end of file), not consumed."""
+        while True:
+            while self.pos < len(self.buf) and self.buf[self.pos].isspace():
+                self.pos += 1
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self.read_more():
+                return ""
+
+    def take(self, char: str, also: str = "") -> None:
+        """Consume `char` (after spaces) or fail naming what was expected."""
+        if self.peek() != char:
+            expected = f"'{char}' or '{also}'" if also else f"'{char}'"
+            raise UserError(f"--file-path {self.path}: invalid JSON (expected {expected})")
+        self.pos += 1
+
+    def value(self):
+        """Decode the next JSON value, reading more of the file until it is complete."""
+        self.peek()
+        while True:
+            try:
+                value, end = self.decoder.raw_decode(self.buf, self.pos)
+            except json.JSONDecodeError as err:
+                if self.read_more():
+                    continue
+                raise UserError(f"--file-path {self.path}: invalid JSON ({err.msg})") from err
+            if (end == len(self.buf) or self.buf[end] not in _AFTER_VALUE) and self.read_more():
+                continue  # a number at the chunk's end may be cut short ("3." of "3.25"): again
+            self.pos = end
+            return value
 
 
 def embed_prompts(
