@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
 SIZE = 32
@@ -30,19 +28,22 @@ def shifted(image: np.ndarray, pixels: int = 4) -> np.ndarray:
 
 def write_run(run_dir: Path, schedule: str, images: list[np.ndarray], seconds: float, model: str = "demo",
               partitions: list[str] | None = None, seed: int = 7) -> Path:
-    """A run directory in generate's layout: images/*.png, results.parquet, run.json."""
+    """A run directory written with generate's own writers (PNG names, results.parquet), plus run.json."""
+    from ecad_ray.records import image_name, write_png, write_results
+
     (run_dir / "images").mkdir(parents=True, exist_ok=True)
     rows = []
     for i, image in enumerate(images):
-        rel = f"images/{i:03d}__prompt_id:p{i}__image_seed:{seed:03d}.png"
-        Image.fromarray(image).save(run_dir / rel)
-        rows.append({
+        rel = f"images/{image_name(i, f'p{i}', seed)}"
+        row = {
             "prompt_index": i, "prompt_id": f"p{i}", "prompt": f"a red circle number {i}",
             "negative_prompt": "", "partition": partitions[i] if partitions else "",
             "seed": seed, "model": model, "schedule": schedule, "height": SIZE, "width": SIZE,
             "steps": 20, "guidance_scale": 4.5, "image_path": rel, "seconds": seconds,
-        })
-    pq.write_table(pa.Table.from_pylist(rows), run_dir / "results.parquet")
+        }
+        write_png(image, run_dir / rel, row)
+        rows.append(row)
+    write_results(rows, run_dir / "results.parquet")
     (run_dir / "run.json").write_text(json.dumps({"model": model, "schedule": schedule}))
     return run_dir
 
