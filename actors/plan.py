@@ -105,7 +105,7 @@ def stream_plan(plan: RunPlan):
             fn_constructor_kwargs=dict(
                 model=cfg.model, store_root=str(plan.store_root), device=device, dtype=cfg.dtype, threads=threads
             ),
-            batch_size=max(cfg.batch_size, 16),
+            batch_size=cfg.batch_size,  # keeps one block per generation batch for the pool
             compute=ray.data.ActorPoolStrategy(size=1),
             num_cpus=0 if gpu else 0.5,
             num_gpus=0.2 if gpu else 0,
