@@ -197,6 +197,37 @@ def test_imagereward_without_its_package_says_how_to_install(monkeypatch):
         ImageRewardScorer("ImageReward-v1.0")
 
 
+def test_imagereward_adapter_checks_files_and_feeds_pngs(monkeypatch, tmp_path, images):
+    """With a stand-in for the `image-reward` package: what the adapter checks and passes on."""
+    import sys
+    import types
+
+    from PIL import Image
+
+    from ecad_ray.metrics.imagereward import ImageRewardScorer
+
+    calls = {}
+
+    class FakeModel:
+        def score(self, prompt, image):
+            with Image.open(image) as im:  # ImageReward opens whatever it is given with PIL
+                return float(np.asarray(im).mean()) + len(prompt)
+
+    def load(name, device, download_root):
+        calls.update(name=name, device=device, root=download_root)
+        return FakeModel()
+
+    monkeypatch.setitem(sys.modules, "ImageReward", types.SimpleNamespace(load=load))
+    with pytest.raises(UserError, match="ImageReward.pt and .*med_config.json not found.*--imagereward-root"):
+        ImageRewardScorer("ImageReward-v1.0", root=str(tmp_path))
+    (tmp_path / "ImageReward.pt").write_bytes(b"x")
+    (tmp_path / "med_config.json").write_text("{}")
+    scorer = ImageRewardScorer("ImageReward-v1.0", root=str(tmp_path))
+    assert calls == {"name": str(tmp_path / "ImageReward.pt"), "device": "cpu", "root": str(tmp_path)}
+    scores = scorer(np.stack(images[:2]), ["ab", "abcd"])
+    assert np.allclose(scores, [images[0].mean() + 2, images[1].mean() + 4])
+
+
 def test_metric_names_are_validated():
     from ecad_ray.metrics import parse_metric_names
 
