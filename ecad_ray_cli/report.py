@@ -14,14 +14,18 @@ def register(app: typer.Typer) -> None:
 
 
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory scored by `ecad-ray metrics`.")],
+    run_dir: Annotated[Path, typer.Argument(help="Run directory (or folder of runs) scored by `ecad-ray metrics`.")],
+    partitions: Annotated[bool, typer.Option(help="One row per COCO megabatch / MJHQ or Parti category too.")] = False,
 ) -> None:
     """Print the per-schedule summary and write the two plots into RUN_DIR."""
     from rich.console import Console
 
-    from ecad_ray.metrics.report import read_summary, summary_rich_table, write_report
+    from ecad_ray.metrics.report import GRID_PNG, SPEED_QUALITY_PNG, read_summary, summary_rich_table, write_report
 
-    console = Console()
-    console.print(summary_rich_table(read_summary(run_dir), title=str(run_dir)))
-    for path in write_report(run_dir):
-        console.print(f"wrote {path}")
+    Console().print(summary_rich_table(read_summary(run_dir), title=str(run_dir), partitions=partitions))
+    written = write_report(run_dir)
+    for path in written:
+        typer.echo(f"wrote {path}")
+    for name, why in ((SPEED_QUALITY_PNG, "no speedup: no reference schedule"), (GRID_PNG, "no metrics.parquet rows")):
+        if run_dir / name not in written:
+            typer.echo(f"skipped {name} ({why})")

@@ -242,3 +242,16 @@ def test_fid_is_per_model_and_a_bad_fid_reference_keeps_the_summary(tmp_path):
     with pytest.raises(UserError, match="needs at least 2 images"):
         evaluate_run(tmp_path, config, fid_ref=str(one_image), cache_dir=tmp_path / "cache")
     assert pq.read_table(tmp_path / "summary.parquet").column("fid").null_count == 3
+
+
+def test_macs_from_run_json_and_report_by_partition(study):
+    import json
+
+    from ecad_ray_cli.main import app
+
+    (study / "fast" / "run.json").write_text(json.dumps({"settings": {"macs": 1.5e12}}))
+    result = evaluate_run(study, MetricsConfig(metrics=("psnr",), **FAST))
+    s = by_schedule(pq.read_table(result.summary_path))
+    assert s["fast"]["macs"] == pytest.approx(1.5e12) and s["none"]["macs"] is None
+    out = CliRunner().invoke(app, ["report", str(study), "--partitions"], catch_exceptions=False)
+    assert "animals" in out.output and "people" in out.output and "1.5e+12" in out.output

@@ -54,21 +54,25 @@ _HEADERS = {
 }
 
 
-def summary_rich_table(summary: pa.Table, title: str = "ecad-ray summary"):
-    """A rich `Table` of the per-schedule rows, reference first, then fastest first."""
+def summary_rich_table(summary: pa.Table, title: str = "ecad-ray summary", partitions: bool = False):
+    """A rich `Table` of the per-schedule rows (reference first, then fastest first); with
+    `partitions`, one row per schedule and partition (COCO megabatch / category) instead."""
     from rich.table import Table
 
-    rows = [r for r in summary.to_pylist() if r["partition"] == ""]
-    rows.sort(key=lambda r: (not r["is_reference"], -(r["speedup"] or 0.0)))
+    rows = [r for r in summary.to_pylist() if partitions or r["partition"] == ""]
+    rows.sort(key=lambda r: (r["partition"], not r["is_reference"], -(r["speedup"] or 0.0)))
     shown = [c for c in _HEADERS if any(r.get(c) for r in rows) or (c != "n_errors" and any(r.get(c) is not None for r in rows))]
     keys = ["model", "schedule"] if len({r["model"] for r in rows}) > 1 else ["schedule"]
+    keys = ["partition", *keys] if partitions else keys
     table = Table(title=title)
     for name in (*keys, *shown):
         header = _HEADERS.get(name, name)
         table.add_column(header, justify="left" if name in keys else "right", no_wrap=name in keys)
     for r in rows:
         label = r["schedule"] + (" (ref)" if r["is_reference"] else "")
-        table.add_row(*([r["model"]] if len(keys) == 2 else []), label, *(_fmt(r.get(c)) for c in shown))
+        firsts = [r["partition"] or "(all)"] if partitions else []
+        firsts += [r["model"]] if "model" in keys else []
+        table.add_row(*firsts, label, *(_fmt(r.get(c)) for c in shown))
     return table
 
 

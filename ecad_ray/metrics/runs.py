@@ -2,7 +2,8 @@
 
 A run directory holds `images/*.png`, `results.parquet` (one row per image: prompt_id,
 prompt, seed, model, schedule, height, width, steps, guidance_scale, image_path, seconds;
-optionally partition and macs) and `run.json`. Image paths are relative to the run
+optionally partition and macs) and `run.json` (whose `macs`, when present, applies to every
+image of the run). Image paths are relative to the run
 directory (absolute paths are accepted too).
 
 `generate` writes one schedule per run, so comparing schedules means several runs: every
@@ -12,6 +13,7 @@ function here takes either one run directory or a folder whose subfolders are ru
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -90,11 +92,25 @@ def iter_result_batches(root: Path, batch_size: int) -> Iterator[dict]:
     """
     root = Path(root)
     for run in run_dirs(root):
+        macs = run_macs(run)
         for record_batch in results_file(run).iter_batches(batch_size=batch_size):
             batch = record_batch.to_pydict()
+            if "macs" not in batch and macs is not None:
+                batch["macs"] = [macs] * record_batch.num_rows
             batch["image_path"] = [_relative(root, run, p) for p in batch["image_path"]]
             batch["image"] = [load_rgb(resolve_image(root, p)) for p in batch["image_path"]]
             yield batch
+
+
+def run_macs(run: Path) -> float | None:
+    """MACs per image a run recorded in `run.json` (`macs` at the top or under `settings`), if any."""
+    path = Path(run) / "run.json"
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    value = info.get("macs", (info.get("settings") or {}).get("macs"))
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _relative(root: Path, run: Path, image_path: str) -> str:
