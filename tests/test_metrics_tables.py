@@ -255,3 +255,14 @@ def test_macs_from_run_json_and_report_by_partition(study):
     assert s["fast"]["macs"] == pytest.approx(1.5e12) and s["none"]["macs"] is None
     out = CliRunner().invoke(app, ["report", str(study), "--partitions"], catch_exceptions=False)
     assert "animals" in out.output and "people" in out.output and "1.5e+12" in out.output
+
+
+def test_reference_images_are_matched_within_each_model(tmp_path):
+    images = base_images(4)
+    other = [shifted(i, 8) for i in images]
+    write_run(tmp_path / "a-none", "none", images, 2.0, model="demo")
+    write_run(tmp_path / "b-none", "none", other, 2.0, model="other")
+    write_run(tmp_path / "b-fast", "fast", other, 1.0, model="other")
+    result = evaluate_run(tmp_path, MetricsConfig(metrics=("psnr",)))
+    rows = pq.read_table(result.metrics_path).to_pylist()
+    assert all(r["psnr"] == math.inf for r in rows)  # each image against its own model's baseline

@@ -149,8 +149,10 @@ def pick_reference_schedule(schedules: Sequence[str], requested: str | None, opt
 
 
 class ReferenceImages:
-    """Reference images of one run and schedule, looked up by (prompt_id, seed).
+    """Reference images of one run (or folder of runs) and schedule, by (model, prompt_id, seed).
 
+    When the reference holds one model, the model is not compared (a reference run may name
+    the same model differently); with several, each image is matched within its own model.
     Holds only the paths (a few strings per image); images load when asked for.
     """
 
@@ -159,9 +161,12 @@ class ReferenceImages:
         self.schedule = pick_reference_schedule(schedules_of(self.run_dir, option), schedule, "--reference-schedule")
         table = read_results(self.run_dir, ["prompt_id", "seed", "image_path", "schedule", "seconds", "model"], option)
         table = table.filter(pc.equal(table.column("schedule"), self.schedule))
+        models = table.column("model").to_pylist()
+        self.single_model = len(set(models)) <= 1
         self.paths = {
-            (str(pid), int(seed)): path
-            for pid, seed, path in zip(
+            self._key(model, pid, seed): path
+            for model, pid, seed, path in zip(
+                models,
                 table.column("prompt_id").to_pylist(),
                 table.column("seed").to_pylist(),
                 table.column("image_path").to_pylist(),
@@ -169,9 +174,12 @@ class ReferenceImages:
         }
         self.seconds_per_image = _mean(table, "seconds")
 
-    def image(self, prompt_id: str, seed: int) -> np.ndarray | None:
-        """The reference image for this prompt and seed, or None when the reference lacks it."""
-        path = self.paths.get((str(prompt_id), int(seed)))
+    def _key(self, model, prompt_id, seed) -> tuple:
+        return (None if self.single_model else str(model), str(prompt_id), int(seed))
+
+    def image(self, prompt_id: str, seed: int, model: str | None = None) -> np.ndarray | None:
+        """The reference image for this prompt and seed (and model), or None when there is none."""
+        path = self.paths.get(self._key(model, prompt_id, seed))
         return None if path is None else load_rgb(resolve_image(self.run_dir, path))
 
 

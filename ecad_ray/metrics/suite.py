@@ -116,9 +116,10 @@ class MetricSuite:
     def _references(self, batch: dict, errors: list[list[str]]) -> list[np.ndarray | None]:
         """The reference image for every row (None, with an error noted, where there is none)."""
         refs = []
-        for i, (pid, seed) in enumerate(zip(batch["prompt_id"], batch["seed"])):
+        models = batch["model"] if "model" in batch else [None] * len(batch["prompt_id"])
+        for i, (pid, seed, model) in enumerate(zip(batch["prompt_id"], batch["seed"], models)):
             try:
-                ref = self.reference.image(pid, seed)
+                ref = self.reference.image(pid, seed, model)
             except OSError as err:
                 ref = None
                 errors[i].append(f"reference: cannot read the image for prompt_id={pid} seed={seed} ({err})")
