@@ -58,6 +58,16 @@ class MetricsStage(Stage):
             reference = ReferenceImages(Path(reference_dir), reference_schedule)
         self.suite = MetricSuite(config, reference)
 
+    @staticmethod
+    def validate(config: MetricsConfig, reference_dir: str | Path | None = None,
+                 reference_schedule: str | None = None) -> None:
+        """Raise the `UserError` a worker would hit (no reference for PSNR/SSIM/LPIPS, a bad
+        reference run or schedule) in the driver, before the plan starts. Loads no weights."""
+        reference = None
+        if config.needs_reference and reference_dir is not None:
+            reference = ReferenceImages(Path(reference_dir), reference_schedule)
+        MetricSuite(config, reference)
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The batch with the metric columns added (input columns are passed through)."""
         self.check(batch)

@@ -183,6 +183,11 @@ def test_metrics_stage_adds_columns_and_checks_its_input(study):
     del batch["seed"]
     with pytest.raises(ValueError, match="MetricsStage: batch lacks column.*seed"):
         stage(batch)
+    MetricsStage.validate(MetricsConfig(metrics=("clip", "fid")))  # no reference needed: fine
+    with pytest.raises(UserError, match="--reference: PSNR / SSIM / LPIPS need a reference run"):
+        MetricsStage.validate(MetricsConfig(metrics=("psnr",)))
+    with pytest.raises(UserError, match="--reference-schedule slow: no such schedule"):
+        MetricsStage.validate(MetricsConfig(metrics=("psnr",)), study, "slow")
 
 
 def test_metrics_stage_in_a_ray_data_plan_writes_the_same_tables(study, tmp_path):
