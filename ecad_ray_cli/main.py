@@ -24,9 +24,9 @@ def _root() -> None:
 
 def _register() -> None:
     """Attach every command module. Each module exposes `register(app)`."""
-    from ecad_ray_cli import embed, embeddings, generate, metrics, report
+    from ecad_ray_cli import embed, embeddings, generate, metrics, report, schedule
 
-    for module in (generate, embeddings, embed, metrics, report):
+    for module in (generate, embeddings, schedule, embed, metrics, report):
         module.register(app)
 
 

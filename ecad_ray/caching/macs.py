@@ -1,0 +1,127 @@
+"""Analytic multiply-accumulate count of a transformer run under a schedule (no tracing).
+
+We count what ECAD's calflops numbers count, found by matching `metrics.by_inference_step`
+of the published files: every `nn.Linear` / patch-embedding MAC of the transformer (text
+encoder and VAE excluded), no MACs for the attention score/value products
+(`scaled_dot_product_attention` is invisible to calflops), norms and activations free, and
+`ecad_mac_batch` samples per step (2 for PixArt: the CFG batch; 2 for FLUX as well, although
+FLUX.1-dev runs one). A reused sub-layer costs nothing (unless nothing is cached yet: a reuse
+before the first compute recomputes, as at step 0); timestep / text embeddings, the
+adaLN modulation linears and the output projection are paid every step. After a TGATE gate
+step the CFG batch is dropped, so those steps count half the samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ecad_ray.caching.schedule import Schedule, step_key
+from ecad_ray.caching.spec import TransformerSpec
+
+ALWAYS = "always"  # key of the per-step cost paid whatever the schedule says
+
+
+def component_macs(spec: TransformerSpec, attention_products: bool = False) -> dict[str, int]:
+    """MACs of one sample through each cacheable sub-layer of one block.
+
+    `attention_products` adds the score and value products (Q·Kᵀ, A·V) that ECAD's count
+    leaves out; use it to predict run time rather than to compare with ECAD.
+    """
+    d, n, t = spec.hidden, spec.image_tokens, spec.text_len
+    f = spec.ff_mult * d
+    if spec.family == "pixart":
+        return {
+            "attn1": 4 * n * d * d + (2 * n * n * d if attention_products else 0),  # q, k, v, out
+            "attn2": 2 * n * d * d + 2 * t * spec.cross_attention_dim * d  # q/out on image, k/v on text
+            + (2 * n * t * d if attention_products else 0),
+            "ff": 2 * n * d * f,
+        }
+    seq = n + t
+    products = 2 * seq * seq * d if attention_products else 0
+    return {
+        "full_attn": 4 * seq * d * d + products,  # q/k/v/out for image tokens and their text twins
+        "full_ff": 2 * n * d * f,
+        "full_ff_context": 2 * t * d * f,
+        "single_attn": 3 * seq * d * d + products,  # q, k, v (pre-only attention: no out projection)
+        "single_proj_mlp": seq * d * f,
+        "single_proj_out": seq * (d + f) * d,
+    }
+
+
+def always_macs(spec: TransformerSpec) -> int:
+    """MACs of one sample per step outside the cacheable sub-layers."""
+    d, n, t = spec.hidden, spec.image_tokens, spec.text_len
+    p2 = spec.patch_size**2
+    if spec.family == "pixart":
+        timestep = 256 * d + d * d + d * 6 * d  # sinusoid MLP + adaLN-single modulation
+        caption = t * (spec.caption_channels * d + d * d)  # two-layer caption projection
+        patch = n * spec.in_channels * p2 * d
+        out = n * d * p2 * spec.out_channels
+        return timestep + caption + patch + out
+    embed = 256 * d + d * d  # timestep MLP
+    if spec.guidance_embeds:
+        embed += 256 * d + d * d
+    embed += spec.pooled_projection_dim * d + d * d  # pooled text MLP
+    context = t * spec.joint_attention_dim * d
+    x_in = n * spec.in_channels * d
+    modulation = spec.num_blocks * 2 * d * 6 * d + spec.num_single_blocks * d * 3 * d
+    norm_out = d * 2 * d
+    out = n * d * spec.out_channels
+    return embed + context + x_in + modulation + norm_out + out
+
+
+@dataclass(frozen=True)
+class MacReport:
+    """Total MACs of a schedule and where they go."""
+
+    total: int
+    by_step: dict[str, int]  # ECAD step key -> MACs of that step
+    by_component: dict[str, int]  # component name (and "always") -> MACs over all steps
+    full: int  # the all-recompute total at the same setting, for ratios
+
+    @property
+    def ratio(self) -> float:
+        """Fraction of the uncached cost this schedule pays."""
+        return self.total / self.full
+
+
+def _samples(spec: TransformerSpec, schedule: Schedule, step: int, cfg: bool) -> int:
+    gate = schedule.tgate_gate_step if spec.family == "pixart" else None
+    if cfg and gate is not None and step >= gate:
+        return max(1, spec.ecad_mac_batch // 2)
+    return spec.ecad_mac_batch
+
+
+def schedule_mac_report(schedule: Schedule, spec: TransformerSpec, cfg: bool = True,
+                        attention_products: bool = False) -> MacReport:
+    """Per-step and per-component MACs of `schedule` on `spec` (ECAD's counting convention)."""
+    per = component_macs(spec, attention_products)
+    always = always_macs(spec)
+    full_step = always + sum(
+        per[c] for b in spec.block_names for c in spec.components_of(b)
+    )
+    by_step: dict[str, int] = {}
+    by_comp: dict[str, int] = {ALWAYS: 0}
+    computed: set[tuple[str, str]] = set()  # a reuse before the first compute recomputes
+    full = 0
+    for s in range(schedule.num_inference_steps):
+        k = _samples(spec, schedule, s, cfg)
+        blocks = schedule.steps[step_key(s)]
+        step_total = always * k
+        by_comp[ALWAYS] += always * k
+        for block in spec.block_names:
+            entry = blocks[block]
+            for comp in spec.components_of(block):
+                if entry[comp] or (block, comp) not in computed:
+                    computed.add((block, comp))
+                    m = per[comp] * k
+                    step_total += m
+                    by_comp[comp] = by_comp.get(comp, 0) + m
+        by_step[step_key(s)] = step_total
+        full += full_step * spec.ecad_mac_batch
+    return MacReport(total=sum(by_step.values()), by_step=by_step, by_component=by_comp, full=full)
+
+
+def schedule_macs(schedule: Schedule, spec: TransformerSpec, cfg: bool = True) -> int:
+    """Total MACs of `schedule` on `spec`, comparable to ECAD's `metrics.total_macs`."""
+    return schedule_mac_report(schedule, spec, cfg).total
