@@ -67,7 +67,10 @@ def summary_rich_table(summary: pa.Table, title: str = "ecad-ray summary", parti
     table = Table(title=title)
     for name in (*keys, *shown):
         header = _HEADERS.get(name, name)
-        table.add_column(header, justify="left" if name in keys else "right", no_wrap=name in keys)
+        if name in keys:
+            table.add_column(header, overflow="fold")  # long schedule names wrap, numbers never do
+        else:
+            table.add_column(header, justify="right", no_wrap=True, min_width=len(header))
     for r in rows:
         label = r["schedule"] + (" (ref)" if r["is_reference"] else "")
         firsts = [r["partition"] or "(all)"] if partitions else []
@@ -82,7 +85,7 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         if math.isinf(value):
             return "inf"
-        return f"{value:.3g}" if abs(value) >= 1e4 else f"{value:.3f}"
+        return f"{value:.2e}" if abs(value) >= 1e4 or 0 < abs(value) < 1e-3 else f"{value:.3f}"
     return str(value)
 
 
