@@ -134,7 +134,7 @@ def test_metrics_and_report_commands(study, clip_dir):
 
     args = ["metrics", str(study), "--metrics", "clip,psnr,ssim,lpips,fid", "--clip-model", str(clip_dir),
             "--lpips-random-backbone", "--fid-extractor", "pixels", "--device", "cpu"]
-    out = CliRunner().invoke(app, args, catch_exceptions=False)
+    out = CliRunner().invoke(app, args, catch_exceptions=False, env={"COLUMNS": "200"})
     assert out.exit_code == 0 and "summary.parquet" in out.output and "none (ref)" in out.output
     report = CliRunner().invoke(app, ["report", str(study)], catch_exceptions=False)
     assert report.exit_code == 0
@@ -258,8 +258,9 @@ def test_macs_from_run_json_and_report_by_partition(study):
     result = evaluate_run(study, MetricsConfig(metrics=("psnr",), **FAST))
     s = by_schedule(pq.read_table(result.summary_path))
     assert s["fast"]["macs"] == pytest.approx(1.5e12) and s["none"]["macs"] is None
-    out = CliRunner().invoke(app, ["report", str(study), "--partitions"], catch_exceptions=False)
-    assert "animals" in out.output and "people" in out.output and "1.5e+12" in out.output
+    out = CliRunner().invoke(app, ["report", str(study), "--partitions"], catch_exceptions=False,
+                             env={"COLUMNS": "200"})
+    assert "animals" in out.output and "people" in out.output and "1.50e+12" in out.output
 
 
 def test_reference_images_are_matched_within_each_model(tmp_path):

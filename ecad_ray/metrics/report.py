@@ -101,11 +101,13 @@ def plot_speed_quality(summary: pa.Table, path: Path) -> Path | None:
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax in axes[len(panels):]:
         ax.set_visible(False)
+    colors = {key: f"C{i % 10}" for i, key in enumerate(dict.fromkeys((r["model"], r["schedule"]) for r in rows))}
     for ax, col in zip(axes, panels):
         label, higher = QUALITY[col]
         for r in rows:
             if _finite(r.get(col)):
-                ax.scatter(r["speedup"], r[col], s=40, marker="*" if r["is_reference"] else "o")
+                ax.scatter(r["speedup"], r[col], s=60 if r["is_reference"] else 40, marker="*" if r["is_reference"] else "o",
+                           color=colors[(r["model"], r["schedule"])])
                 ax.annotate(r["schedule"], (r["speedup"], r[col]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel("speedup vs reference (x)")
         ax.set_ylabel(f"{label} ({'higher' if higher else 'lower'} is better)")
@@ -128,7 +130,13 @@ def plot_grid(run_dir: Path, path: Path, n_prompts: int = 6) -> Path | None:
     for r in rows:
         by_key.setdefault((r["prompt_id"], r["seed"]), {})[(r["model"], r["schedule"])] = r
     lines = sorted({k for keys in by_key.values() for k in keys}, key=lambda k: (k[1] not in reference, k))
-    shared = [k for k, v in by_key.items() if len(v) == len(lines)][:n_prompts]
+    # pairs every line has; distinct prompts first (each prompt's first seed), then more seeds
+    order, seeds_seen = [], {}
+    for key, per_line in by_key.items():
+        if len(per_line) == len(lines):
+            order.append((seeds_seen.get(key[0], 0), len(order), key))
+            seeds_seen[key[0]] = seeds_seen.get(key[0], 0) + 1
+    shared = [key for _, _, key in sorted(order)][:n_prompts]
     if not shared:
         return None
     fig = _figure((1.9 * len(shared), 1.9 * len(lines) + 0.4))
