@@ -15,7 +15,8 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 from actors.generation import GeneratorStage, TextEncoderStage, result_record, write_images
 from ecad_ray.config import GenerateConfig
@@ -136,3 +137,24 @@ def stream_plan(plan: RunPlan):
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for i in range(len(batch["image_path"])):
             yield result_record(batch, i, settings, str(batch["image_path"][i]))
+
+
+def run_benchmark(base: GenerateConfig, schedule_dir: str, progress=None) -> list[RunSummary]:
+    """ECAD's generate_images: one embeddings store × every schedule in `schedule_dir`.
+
+    Each schedule's images go to `<output_dir>/<schedule-name>/`; the all-recompute schedule
+    runs first (it is the quality reference), and `<output_dir>/results.parquet` holds every
+    run's rows with their schedule column. All runs share one Ray session.
+    """
+    from ecad_ray.benchmarking import combine_results, schedule_files
+
+    files = schedule_files(schedule_dir)
+    out = Path(base.output_dir)
+    summaries = []
+    local_cpus = base.num_workers * base.threads_per_worker + 1
+    with ray_session(base.address, local_cpus):
+        for path in files:
+            cfg = replace(base, schedule=str(path), output_dir=str(out / path.stem))
+            summaries.append(run_generate(cfg, progress))
+    combine_results([Path(s.results_path) for s in summaries], out / "results.parquet")
+    return summaries

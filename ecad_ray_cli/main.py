@@ -24,9 +24,9 @@ def _root() -> None:
 
 def _register() -> None:
     """Attach every command module. Each module exposes `register(app)`."""
-    from ecad_ray_cli import embed, embeddings, generate, metrics, report, schedule
+    from ecad_ray_cli import benchmark, embed, embeddings, generate, image, metrics, report, schedule
 
-    for module in (generate, embeddings, schedule, embed, metrics, report):
+    for module in (generate, embeddings, schedule, benchmark, image, embed, metrics, report):
         module.register(app)
 
 
