@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
 
-from actors.generation import GeneratorStage, ImageWriterStage, TextEncoderStage
+from actors.generation import GeneratorStage, TextEncoderStage, result_record, write_images
 from ecad_ray.config import GenerateConfig
 from ecad_ray.embeddings import EmbeddingStore
 from ecad_ray.run import RunPlan, device_description, finish_run, plan_run, start_run
@@ -42,6 +43,9 @@ def ray_session(address: str | None, num_cpus: int):
         yield
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Ray Data's actors always log a C++ "constructor arguments in the object store" notice;
+    # RAY_BACKEND_LOG_LEVEL=info brings backend logs back when debugging a cluster.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     if address:
         ray.init(address=address, **kwargs)
@@ -63,7 +67,8 @@ def run_generate(config: GenerateConfig, progress=None) -> RunSummary:
     """Check the config, then stream every missing image through the Ray Data plan."""
     started = time.time()
     plan = plan_run(config)
-    start_run(plan, {"device": device_description(config.device)})
+    extra = {"device": device_description(config.device)}
+    start_run(plan, extra)
     rows: list[dict] = []
     if plan.jobs:
         # local Ray: the generation actors' threads, plus one CPU for the encoder and writer
@@ -74,7 +79,7 @@ def run_generate(config: GenerateConfig, progress=None) -> RunSummary:
                 if progress:
                     progress(len(rows), len(plan.jobs))
         EmbeddingStore(plan.store_root).save_index()
-    results = finish_run(plan, rows, started)
+    results = finish_run(plan, rows, started, extra)
     return RunSummary(str(plan.output_dir), len(rows), len(plan.kept), time.time() - started, str(results))
 
 
@@ -86,19 +91,21 @@ def stream_plan(plan: RunPlan):
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # after Ray Data configured its logging
     gpu = _gpus_available() and cfg.device != "cpu"
     settings = asdict(plan.settings)
     threads = cfg.threads_per_worker
     device = cfg.device if cfg.device != "auto" else ("cuda" if gpu else "cpu")
 
-    ds = ray.data.from_items(plan.jobs)
+    # one block per generation batch, so every worker of the pool gets work
+    ds = ray.data.from_items(plan.jobs, override_num_blocks=max(1, math.ceil(len(plan.jobs) / cfg.batch_size)))
     if any(not job["shard"] for job in plan.jobs):
         ds = ds.map_batches(
             TextEncoderStage,
             fn_constructor_kwargs=dict(
                 model=cfg.model, store_root=str(plan.store_root), device=device, dtype=cfg.dtype, threads=threads
             ),
-            batch_size=max(cfg.batch_size, 16),
+            batch_size=cfg.batch_size,  # keeps one block per generation batch for the pool
             compute=ray.data.ActorPoolStrategy(size=1),
             num_cpus=0 if gpu else 0.5,
             num_gpus=0.2 if gpu else 0,
@@ -120,13 +127,11 @@ def stream_plan(plan: RunPlan):
         num_gpus=0.8 if gpu else 0,
     )
     ds = ds.map_batches(
-        ImageWriterStage,
-        fn_constructor_kwargs=dict(output_dir=str(plan.output_dir), settings=settings),
+        write_images,
+        fn_kwargs=dict(output_dir=str(plan.output_dir), settings=settings),
         batch_size=cfg.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=1),
         num_cpus=0.25,
     )
-    from actors.generation import result_record
 
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for i in range(len(batch["image_path"])):

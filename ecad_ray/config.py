@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 from ecad_ray.errors import UserError
 from ecad_ray.models.registry import ModelSpec
@@ -109,3 +110,24 @@ def size_multiple(spec: ModelSpec) -> int:
         cfg = demo_config()
         return 2 ** (len(cfg["vae"]["block_out_channels"]) - 1) * cfg["transformer"]["patch_size"]
     return 16 if spec.family in ("pixart", "flux") else 8
+
+
+def load_config_file(path: str | Path) -> dict:
+    """Read a YAML run config whose keys are `GenerateConfig` fields; unknown keys are refused."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--config {path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"--config {path}: not valid YAML ({err})".replace("\n", " ")) from err
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path}: expected a mapping of option names to values")
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    known = {f.name for f in fields(GenerateConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserError(f"--config {path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return data

@@ -84,7 +84,19 @@ def generate_images(
     steps: int,
     guidance_scale: float,
 ) -> np.ndarray:
-    """Denoise one image per seed from precomputed embeddings; returns uint8 images (N, H, W, 3)."""
+    """Denoise one image per seed from precomputed embeddings; returns uint8 images (N, H, W, 3).
+
+    Pixels must not depend on the batch: CPU kernels take a different path for a single row
+    (gemv, batch-1 convolution), so a lone image without CFG is computed as a pair and the VAE
+    decodes one image at a time (`enable_slicing`).
+    """
+    uses_cfg = family is PIXART and guidance_scale > 1.0
+    if len(seeds) == 1 and not uses_cfg:
+        pair = {k: v.repeat(2, *([1] * (v.dim() - 1))) for k, v in embeddings.items()}
+        return generate_images(
+            pipe, family, pair, seeds * 2, height=height, width=width, steps=steps, guidance_scale=guidance_scale
+        )[:1]
+    pipe.vae.enable_slicing()
     device = pipe._execution_device
     dtype = pipe.transformer.dtype
     kwargs = {k: _to(v, device, dtype) for k, v in embeddings.items()}

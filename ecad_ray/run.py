@@ -21,6 +21,7 @@ from ecad_ray.config import GenerateConfig, ImageSettings
 from ecad_ray.embeddings import EmbeddingStore
 from ecad_ray.errors import UserError
 from ecad_ray.families import family_of
+from ecad_ray.models.loading import fetch_weights
 from ecad_ray.models.registry import ModelSpec, resolve_model
 from ecad_ray.prompts import Prompt, from_texts, read_prompt_file
 from ecad_ray.records import image_name, read_png_record, write_results
@@ -48,7 +49,7 @@ class RunPlan:
 def plan_run(config: GenerateConfig) -> RunPlan:
     """Validate the whole configuration and list the missing images; raises `UserError`."""
     config.check_counts()
-    spec = resolve_model(config.model)
+    spec = fetch_weights(resolve_model(config.model))
     family = family_of(spec.family)
     schedule_name = _schedule_name(config.schedule)
     settings = ImageSettings.resolve(config, spec, schedule_name)

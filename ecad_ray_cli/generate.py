@@ -11,6 +11,10 @@ from ecad_ray.config import GenerateConfig
 
 
 def generate(
+    ctx: typer.Context,
+    config_file: Annotated[
+        Optional[Path], typer.Option("--config", help="YAML run config (configs/*.yaml); options given here win.")
+    ] = None,
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="A prompt (repeat for several).")] = None,
     prompt_file: Annotated[
         Optional[Path], typer.Option(help="Prompts: .txt one per line, or JSON list / {id: prompt}.")
@@ -38,7 +42,7 @@ def generate(
     overwrite: Annotated[bool, typer.Option(help="Regenerate images that already exist in --output-dir.")] = False,
 ) -> None:
     """Generate images for prompts with a text-to-image model, streamed through Ray Data."""
-    config = GenerateConfig(
+    options = dict(
         model=model,
         output_dir=str(output_dir),
         prompts=tuple(prompt or ()),
@@ -61,7 +65,23 @@ def generate(
         dtype=dtype,
         overwrite=overwrite,
     )
-    run(config)
+    if config_file:
+        given = {name for name in ctx.params if ctx.get_parameter_source(name).name != "DEFAULT"}
+        options = merge_config_file(config_file, options, given)
+    run(GenerateConfig(**options))
+
+
+def merge_config_file(path: Path, options: dict, given: set[str]) -> dict:
+    """Options from a YAML run config, overridden by those given on the command line."""
+    from ecad_ray.config import load_config_file
+
+    from_file = load_config_file(path)
+    merged = dict(options)
+    for key, value in from_file.items():
+        cli_name = {"prompts": "prompt"}.get(key, key)
+        if cli_name not in given:
+            merged[key] = tuple(value) if key == "prompts" else value
+    return merged
 
 
 def run(config: GenerateConfig) -> None:
@@ -81,7 +101,8 @@ def run(config: GenerateConfig) -> None:
         summary = run_generate(config, progress)
     console.print(
         f"{summary.new_images} new image(s), {summary.kept_images} kept, in {summary.seconds:.1f} s -> "
-        f"{summary.output_dir}/images; table: {summary.results_path}"
+        f"{summary.output_dir}/images; table: {summary.results_path}",
+        soft_wrap=True,
     )
 
 

@@ -24,9 +24,9 @@ def _root() -> None:
 
 def _register() -> None:
     """Attach every command module. Each module exposes `register(app)`."""
-    from ecad_ray_cli import generate, schedule
+    from ecad_ray_cli import embeddings, generate, schedule
 
-    for module in (generate, schedule):
+    for module in (generate, embeddings, schedule):
         module.register(app)
 
 

@@ -10,11 +10,16 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.ecad-ray-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints-cpu.txt -nt "$stamp" ]; then
-  .venv/bin/python -m pip install -q --upgrade pip
+  echo "Installing ecad-ray and its dependencies into .venv (first run only; log: .venv/install.log)"
   constraint=()
   if ! command -v nvidia-smi >/dev/null 2>&1; then
     constraint=(-c constraints-cpu.txt torch==2.13.0)
   fi
-  .venv/bin/python -m pip install -q "${constraint[@]}" -e ".[metrics,dev]"
+  if ! { .venv/bin/python -m pip install -q --upgrade pip &&
+         .venv/bin/python -m pip install -q "${constraint[@]}" -e ".[metrics,dev]"; } >.venv/install.log 2>&1; then
+    tail -n 30 .venv/install.log >&2
+    echo "error: installing ecad-ray failed; full log in .venv/install.log" >&2
+    exit 1
+  fi
   touch "$stamp"
 fi

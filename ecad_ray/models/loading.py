@@ -7,12 +7,13 @@ become one `UserError` naming what is missing and how to supply it.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import torch
 
 from ecad_ray.errors import UserError
-from ecad_ray.models.registry import ModelSpec
+from ecad_ray.models.registry import REGISTRY, ModelSpec, resolve_model
 
 Part = Literal["all", "text", "denoise"]
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -49,6 +50,32 @@ def _missing_weights(spec: ModelSpec, source: str, err: Exception) -> UserError:
     )
 
 
+_SKIP_FILES = ["*.bin", "*.pth", "*.ckpt", "*.pt", "*.msgpack", "*.onnx", "*.onnx_data", "*.h5"]
+
+
+def fetch_weights(spec: ModelSpec) -> ModelSpec:
+    """Make sure a hub model's files are local (downloading them once, in the driver, when online).
+
+    Offline, a missing model becomes one `UserError` before any worker starts. Returns the
+    spec re-resolved, so a hub id's family is known from its model_index.json.
+    """
+    if spec.builtin or Path(spec.pipeline_source).exists():
+        return spec
+    from huggingface_hub import snapshot_download
+
+    sources = [(spec.pipeline_source, _SKIP_FILES + (["transformer/*"] if spec.transformer_source else []), None)]
+    if spec.transformer_source:
+        sources.append((spec.transformer_source, _SKIP_FILES, [f"{spec.transformer_subfolder}/*"]))
+    for repo, ignore, allow in sources:
+        try:
+            snapshot_download(repo, ignore_patterns=ignore, allow_patterns=allow)
+        except Exception as err:  # noqa: BLE001  (hub errors have many types; all mean "not available")
+            raise _missing_weights(spec, repo, err) from err
+    if spec.name in REGISTRY:
+        return spec
+    return resolve_model(spec.name)
+
+
 def _pipeline_class(spec: ModelSpec):
     import diffusers
 
@@ -59,6 +86,7 @@ def _pipeline_class(spec: ModelSpec):
 
 def load_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype, part: Part = "all"):
     """Load the pipeline with only the components `part` needs (others are `None`)."""
+    _quiet_loading()
     if spec.builtin:
         from ecad_ray.models.demo import build_components
 
@@ -68,7 +96,18 @@ def load_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype, par
         pipe = _load_hub_pipeline(spec, dtype, part)
     pipe.set_progress_bar_config(disable=True)
     _drop_unused(pipe, part)
-    return pipe.to(device=device, dtype=dtype) if spec.builtin else pipe.to(device)
+    if spec.builtin and dtype != torch.float32:
+        pipe = pipe.to(dtype=dtype)
+    return pipe.to(device)
+
+
+def _quiet_loading() -> None:
+    """Per-component loading bars would interleave across actors; the run has its own progress."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def _text_component_names(pipe) -> list[str]:

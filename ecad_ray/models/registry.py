@@ -139,11 +139,24 @@ def resolve_model(name: str) -> ModelSpec:
             **_folder_defaults(path, cls),
         )
     if _HUB_ID.match(name):
-        return ModelSpec(name=name, family="diffusers", pipeline_source=name)
+        cls = _cached_pipeline_class(name)
+        return ModelSpec(
+            name=name, family=_FAMILY_BY_CLASS.get(cls or "", "diffusers"), pipeline_source=name, pipeline_class=cls
+        )
     raise UserError(
         f"--model {name}: unknown model; use one of {', '.join(registry_names())}, "
         "a Hugging Face hub id (owner/name) or a local save_pretrained folder"
     )
+
+
+def _cached_pipeline_class(repo_id: str) -> str | None:
+    """The pipeline class of a hub repo whose model_index.json is in the local cache, else None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "model_index.json")
+    if not isinstance(found, str):
+        return None
+    return _pipeline_class_of_folder(Path(found).parent)
 
 
 def _folder_defaults(path: Path, cls: str) -> dict:
@@ -159,4 +172,5 @@ def _folder_defaults(path: Path, cls: str) -> dict:
         out["height"] = out["width"] = int(tcfg["sample_size"]) * scale
     if cls == "FluxPipeline":
         out["guidance_scale"] = 3.5
+        out["max_sequence_length"] = 512
     return out

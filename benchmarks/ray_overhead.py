@@ -1,0 +1,107 @@
+"""What the Ray Data plan costs over a plain loop, and what a second worker buys.
+
+Runs the same prompts through (1) a plain in-process loop over the same encoder/generator
+objects and batch size, (2) `run_generate` with 1 worker × 1 thread, (3) with 2 workers ×
+1 thread, each pipeline run starting and stopping its own local Ray. Prints, side by side:
+steady-state throughput ratio pipeline/loop, fixed start-up seconds (Ray start + actor spawn +
+model load, until the first image), and the 2-worker/1-worker throughput ratio.
+Targets (2-core CPU): ratio >= 0.9 when one batch takes >= 1 s; start-up <= 10 s; 2w/1w >= 1.7.
+
+    python benchmarks/ray_overhead.py --prompts 64 --batch-size 8 --size 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import ecad_ray  # noqa: E402,F401  (torchvision shim first)
+import torch  # noqa: E402
+
+from ecad_ray.config import GenerateConfig, ImageSettings  # noqa: E402
+from ecad_ray.engine import ImageGenerator, TextEncoder  # noqa: E402
+from ecad_ray.models.registry import resolve_model  # noqa: E402
+
+
+def prompts(n: int) -> list[str]:
+    colours = ["red", "green", "blue", "yellow", "purple", "orange", "white", "cyan"]
+    shapes = ["circle", "square", "triangle", "ring"]
+    return [f"a {'small' if i % 2 else 'large'} {colours[i % 8]} {shapes[(i // 8) % 4]}" for i in range(n)]
+
+
+def plain_loop(cfg: GenerateConfig) -> dict:
+    """Encode then generate batch by batch in this process; returns timings."""
+    torch.set_num_threads(1)
+    spec = resolve_model(cfg.model)
+    settings = ImageSettings.resolve(cfg, spec)
+    t0 = time.perf_counter()
+    encoder, generator = TextEncoder(spec, "cpu"), ImageGenerator(spec, settings, "cpu")
+    load = time.perf_counter() - t0
+    texts = list(cfg.prompts)
+    t1 = time.perf_counter()
+    batch_times = []
+    for start in range(0, len(texts), cfg.batch_size):
+        chunk = texts[start : start + cfg.batch_size]
+        b0 = time.perf_counter()
+        emb = encoder(chunk, [""] * len(chunk))
+        generator(emb, [0] * len(chunk))
+        batch_times.append(time.perf_counter() - b0)
+    total = time.perf_counter() - t1
+    return {"load_s": load, "compute_s": total, "images": len(texts), "batch_s": sum(batch_times) / len(batch_times)}
+
+
+def pipeline(cfg: GenerateConfig) -> dict:
+    """`run_generate` in a fresh local Ray; start-up is the time until the first image arrives."""
+    from actors.plan import run_generate
+
+    marks: list[float] = []
+    t0 = time.perf_counter()
+    run_generate(cfg, progress=lambda done, total: marks.append(time.perf_counter()))
+    total = time.perf_counter() - t0
+    first = marks[0] - t0
+    # the first `batch_size` images arrive together; steady state is everything after them
+    steady_images = len(marks) - cfg.batch_size
+    steady_s = marks[-1] - marks[cfg.batch_size - 1]
+    return {"total_s": total, "first_image_s": first, "steady_img_per_s": steady_images / steady_s, "images": len(marks)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--size", type=int, default=64, help="image height = width (demo accepts multiples of 4)")
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+    texts = tuple(prompts(args.prompts))
+
+    def cfg(out: str, workers: int) -> GenerateConfig:
+        return GenerateConfig(model="demo", output_dir=out, prompts=texts, batch_size=args.batch_size,
+                              height=args.size, width=args.size, steps=args.steps, num_workers=workers,
+                              device="cpu")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        loop = plain_loop(cfg(tmp + "/loop", 1))
+        one = pipeline(cfg(tmp + "/w1", 1))
+        two = pipeline(cfg(tmp + "/w2", 2))
+    loop_rate = loop["images"] / loop["compute_s"]
+    startup = one["first_image_s"] - loop["batch_s"]
+    print(f"{'run':<26}{'images/s':>10}{'first image s':>15}{'total s':>10}")
+    print(f"{'plain loop (1 thread)':<26}{loop_rate:>10.2f}{loop['load_s'] + loop['batch_s']:>15.2f}"
+          f"{loop['load_s'] + loop['compute_s']:>10.2f}")
+    for name, r in (("generate 1 worker x 1 thr", one), ("generate 2 workers x 1 thr", two)):
+        print(f"{name:<26}{r['steady_img_per_s']:>10.2f}{r['first_image_s']:>15.2f}{r['total_s']:>10.2f}")
+    print()
+    print(f"one batch of {args.batch_size} = {loop['batch_s']:.2f} s of compute ({args.size}x{args.size}, {args.steps} steps)")
+    print(f"throughput ratio generate(1w)/loop     = {one['steady_img_per_s'] / loop_rate:.2f}   (target >= 0.9)")
+    print(f"fixed start-up seconds (Ray+actors+load) = {startup:.1f}   (target <= 10)")
+    print(f"2 workers / 1 worker throughput          = {two['steady_img_per_s'] / one['steady_img_per_s']:.2f}   (target >= 1.7)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Model resolution and loading: registry names, local folders, hub ids offline, FLUX family."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ecad_ray.config import GenerateConfig, ImageSettings
+from ecad_ray.engine import ImageGenerator, TextEncoder
+from ecad_ray.errors import UserError
+from ecad_ray.models.demo import build_pipeline
+from ecad_ray.models.loading import fetch_weights
+from ecad_ray.models.registry import registry_names, resolve_model
+from tiny_models import tiny_flux_pipeline
+
+
+def test_registry_names_and_ecad_split():
+    assert registry_names()[0] == "demo"
+    spec = resolve_model("pixart-alpha-256")
+    assert spec.transformer_source == "PixArt-alpha/PixArt-XL-2-256x256"
+    assert spec.pipeline_source == "PixArt-alpha/PixArt-XL-2-1024-MS"
+    assert (spec.height, spec.steps, spec.guidance_scale, spec.dtype) == (256, 20, 4.5, "fp16")
+    assert resolve_model("pixart-sigma-256").max_sequence_length == 300
+    assert resolve_model("flux-dev").family == "flux"
+
+
+def test_unknown_name_lists_choices():
+    with pytest.raises(UserError, match="unknown model; use one of demo, pixart-alpha-256"):
+        resolve_model("not a model")
+
+
+def test_missing_hub_weights_say_how_to_get_them(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="huggingface-cli download PixArt-alpha/PixArt-XL-2-1024-MS"):
+        fetch_weights(resolve_model("pixart-alpha-256"))
+
+
+def test_file_and_folder_without_index_are_refused(tmp_path):
+    (tmp_path / "w.safetensors").write_bytes(b"x")
+    with pytest.raises(UserError, match="single file is not a pipeline"):
+        resolve_model(str(tmp_path / "w.safetensors"))
+    with pytest.raises(UserError, match="no model_index.json"):
+        resolve_model(str(tmp_path))
+
+
+def test_saved_demo_folder_loads_and_draws_like_the_builtin(tmp_path):
+    build_pipeline().save_pretrained(tmp_path / "demo")
+    spec = resolve_model(str(tmp_path / "demo"))
+    assert (spec.family, spec.pipeline_class, spec.height) == ("pixart", "PixArtAlphaPipeline", 32)
+    builtin = resolve_model("demo")
+    cfg = GenerateConfig(steps=3)
+    images = []
+    for s in (builtin, spec):
+        enc = TextEncoder(s, "cpu")
+        gen = ImageGenerator(s, ImageSettings.resolve(cfg, s), "cpu")
+        images.append(gen(enc(["a red circle"], [""]), [5]))
+    np.testing.assert_array_equal(images[0], images[1])
+
+
+def test_flux_family_encodes_and_generates_batch_invariantly(tmp_path):
+    tiny_flux_pipeline(tmp_path / "tok").save_pretrained(tmp_path / "flux")
+    spec = resolve_model(str(tmp_path / "flux"))
+    assert (spec.family, spec.max_sequence_length) == ("flux", 512)
+    settings = ImageSettings.resolve(GenerateConfig(height=32, width=32, steps=3), spec)
+    enc, gen = TextEncoder(spec, "cpu"), ImageGenerator(spec, settings, "cpu")
+    emb = enc(["a red circle", "a blue square"], ["", ""])
+    assert set(emb) == {"prompt_embeds", "pooled_prompt_embeds"}
+    both = gen(emb, [0, 1])
+    alone = [gen({k: v[i : i + 1] for k, v in emb.items()}, [i]) for i in range(2)]
+    assert both.shape == (2, 32, 32, 3) and both.dtype == np.uint8
+    np.testing.assert_array_equal(both, np.concatenate(alone))
+    assert not np.array_equal(both[0], both[1])
+
+
+def test_sizes_are_checked_against_the_model():
+    with pytest.raises(UserError, match="--width 250: model pixart-alpha-256 needs a multiple of 16.*try 240 or 256"):
+        ImageSettings.resolve(GenerateConfig(width=250), resolve_model("pixart-alpha-256"))
