@@ -237,9 +237,7 @@ def test_tgate_without_cfg_keeps_the_batch(pixart):
 
 
 def test_demo_baseline_schedules_apply_to_the_demo_model(demo_pipe):
-    from pathlib import Path
-
-    files = sorted(Path("schedules/demo").glob("*.json"))
+    files = sorted((Path(__file__).resolve().parents[1] / "schedules" / "demo").glob("*.json"))
     assert files, "schedules/demo holds the demo baselines"
     spec = resolve_spec("demo")
     for path in files:
@@ -248,6 +246,7 @@ def test_demo_baseline_schedules_apply_to_the_demo_model(demo_pipe):
             _demo_run(demo_pipe, steps=schedule.num_inference_steps)
         assert handle.stats.runs == 1, path
         assert spec.num_blocks == schedule.num_blocks
+    assert spec_from_transformer(demo_pipe.transformer).num_blocks == spec.num_blocks
 
 
 def test_flux_single_blocks_skip_unconsumed_outputs_exactly(flux_pipe):
