@@ -101,8 +101,10 @@ class GeneratorStage(Stage):
         n = self.check(batch)
         refs = [EmbeddingRef(str(s), int(r)) for s, r in zip(batch["shard"], batch["row"])]
         embeddings = self.reader.gather(refs)
+        seeds = [int(s) for s in batch["seed"]]
+        self.generator.warm_up(embeddings, seeds)  # untimed, first batch only
         start = time.perf_counter()
-        images = self.generator(embeddings, [int(s) for s in batch["seed"]])
+        images = self.generator(embeddings, seeds)
         batch["image"] = images
         batch["seconds"] = np.full(n, (time.perf_counter() - start) / n)
         return batch

@@ -96,6 +96,8 @@ def plan_run(config: GenerateConfig) -> RunPlan:
                     "negative_prompt": settings.negative_prompt,
                     "partition": p.partition,
                     "seed": seed,
+                    "model": spec.name,
+                    "schedule": settings.schedule,
                     "shard": ref.shard if ref else "",
                     "row": ref.row if ref else -1,
                 }

@@ -24,9 +24,9 @@ def _root() -> None:
 
 def _register() -> None:
     """Attach every command module. Each module exposes `register(app)`."""
-    from ecad_ray_cli import benchmark, embeddings, generate, image, schedule, var
+    from ecad_ray_cli import benchmark, embed, embeddings, generate, image, metrics, report, schedule, var
 
-    for module in (generate, embeddings, schedule, benchmark, image, var):
+    for module in (generate, embeddings, schedule, benchmark, image, embed, metrics, report, var):
         module.register(app)
 
 

@@ -284,3 +284,21 @@ def test_schedules_through_generate_and_benchmark(base_run, tmp_path):
     macs = {name: json.loads((tmp_path / "bench" / name / "run.json").read_text())["macs"] for name in
             ("default", "recompute_all_every_002")}
     assert macs["recompute_all_every_002"] < 0.6 * macs["default"]
+
+
+def test_metric_actors_score_inside_the_stream(base_run, tmp_path):
+    """Same settings as the reference run: PSNR is infinite, LPIPS 0, FID ~ 0, for every image."""
+    import math
+
+    from ecad_ray.metrics.config import MetricsConfig
+
+    out, _ = base_run
+    metrics = MetricsConfig(metrics=("psnr", "ssim", "lpips", "fid"), fid_extractor="pixels", lpips_random_backbone=True)
+    run_generate(config(tmp_path / "scored", batch_size=8, metrics=metrics, reference=str(out),
+                        fid_ref=str(out / "images")))
+    table = pq.read_table(tmp_path / "scored" / "metrics.parquet").to_pylist()
+    assert len(table) == 6
+    assert all(math.isinf(r["psnr"]) and r["lpips"] == pytest.approx(0, abs=1e-6) and r["ssim"] == pytest.approx(1)
+               for r in table)
+    summary = pq.read_table(tmp_path / "scored" / "summary.parquet").to_pylist()
+    assert len(summary) == 1 and summary[0]["fid"] == pytest.approx(0, abs=1e-3)
