@@ -18,7 +18,8 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from actors.generation import GeneratorStage, TextEncoderStage, result_record, write_images
+from actors.generation import GeneratorStage, TextEncoderStage
+from actors.writer import result_record, write_images
 from actors.metrics import MetricsStage
 from ecad_ray.config import GenerateConfig
 from ecad_ray.embeddings import EmbeddingStore
