@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ecad_ray.embeddings import atomic_write_table
+from ecad_ray.atomic import write_table_atomic
 from ecad_ray.errors import UserError
 
 
@@ -46,5 +46,5 @@ def combine_results(paths: list[Path], out: Path) -> pa.Table:
         images = [f"{prefix}/{p}" for p in table.column("image_path").to_pylist()]
         tables.append(table.set_column(table.schema.get_field_index("image_path"), "image_path", pa.array(images)))
     combined = pa.concat_tables(tables)
-    atomic_write_table(combined, out)
+    write_table_atomic(combined, out)
     return combined

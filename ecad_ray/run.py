@@ -12,11 +12,11 @@ import os
 import platform
 import tempfile
 import time
-import uuid
 from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
+from ecad_ray.atomic import write_text_atomic
 from ecad_ray.config import GenerateConfig, ImageSettings
 from ecad_ray.embeddings import EmbeddingStore
 from ecad_ray.errors import UserError
@@ -249,9 +249,7 @@ def write_run_json(plan: RunPlan, fields: dict) -> None:
         "python": platform.python_version(),
         **fields,
     }
-    tmp = plan.output_dir / f".{RUN_FILE}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.write_text(json.dumps(info, indent=2, default=str))
-    os.replace(tmp, plan.output_dir / RUN_FILE)
+    write_text_atomic(plan.output_dir / RUN_FILE, json.dumps(info, indent=2, default=str))
 
 
 def package_versions() -> dict[str, str]:

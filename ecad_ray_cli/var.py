@@ -99,7 +99,7 @@ def eval_cmd(
 ) -> None:
     """PSNR / SSIM / LPIPS vs the original images, CLIP score with text prompts; table + Parquet."""
     from ecad_ray.var.evaluation import EvalOptions, evaluate, summarize
-    from ecad_ray.var.outputs import atomic_write
+    from ecad_ray.atomic import write_bytes_atomic
 
     others = {"fast": fast} | ({"rl": rl} if rl else {})
     options = EvalOptions(lpips_backbone="random" if lpips_random_backbone else "pretrained",
@@ -114,7 +114,7 @@ def eval_cmd(
 
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
-    atomic_write(target, buf.getvalue())
+    write_bytes_atomic(target, buf.getvalue())
     typer.echo(f"per-image metrics -> {target}")
 
 

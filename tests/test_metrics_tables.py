@@ -190,9 +190,8 @@ def test_metrics_stage_adds_columns_and_checks_its_input(study):
         MetricsStage.validate(MetricsConfig(metrics=("psnr",)), study, "slow")
 
 
-def test_metrics_stage_in_a_ray_data_plan_writes_the_same_tables(study, tmp_path):
-    import ray
-
+def test_metrics_stage_in_a_ray_data_plan_writes_the_same_tables(study, tmp_path, ray_local):
+    ray = ray_local
     from actors.metrics import MetricsStage
     from ecad_ray.metrics.evaluate import write_metric_tables
     from ecad_ray.metrics.runs import iter_result_batches
@@ -203,20 +202,16 @@ def test_metrics_stage_in_a_ray_data_plan_writes_the_same_tables(study, tmp_path
         for batch in iter_result_batches(study / run, 6):
             for i in range(len(batch["prompt_id"])):
                 rows.append({k: v[i] for k, v in batch.items()})
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-    try:
-        ds = ray.data.from_items(rows).map_batches(
-            MetricsStage,
-            fn_constructor_kwargs={"config": config, "reference_dir": str(study / "none")},
-            batch_size=4,
-            compute=ray.data.ActorPoolStrategy(size=1),
-        )
-        out_dir = tmp_path / "ray-run"
-        out_dir.mkdir()
-        _, summary_path, _ = write_metric_tables(out_dir, ds.iter_batches(batch_size=4, batch_format="numpy"),
-                                                 reference_schedule="none")
-    finally:
-        ray.shutdown()
+    ds = ray.data.from_items(rows).map_batches(
+        MetricsStage,
+        fn_constructor_kwargs={"config": config, "reference_dir": str(study / "none")},
+        batch_size=4,
+        compute=ray.data.ActorPoolStrategy(size=1),
+    )
+    out_dir = tmp_path / "ray-run"
+    out_dir.mkdir()
+    _, summary_path, _ = write_metric_tables(out_dir, ds.iter_batches(batch_size=4, batch_format="numpy"),
+                                             reference_schedule="none")
     local = evaluate_run(study, config)
     ray_summary = by_schedule(pq.read_table(summary_path))
     local_summary = by_schedule(pq.read_table(local.summary_path))

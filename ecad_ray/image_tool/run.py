@@ -8,13 +8,13 @@ the file atomically and returns an `ImageReport` (see `report.py` for its text a
 from __future__ import annotations
 
 import inspect
-import os
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from ecad_ray.atomic import atomic_path
 from ecad_ray.errors import UserError
 from ecad_ray.image_tool.defaults import resolve_sampling, turbo_evidence
 from ecad_ray.image_tool.loader import load_model
@@ -158,13 +158,8 @@ def _binning_unsupported(pipe) -> bool:
 
 def _save_atomic(image, out: Path, fmt: str) -> None:
     """Write to a temporary file beside `out`, then rename, so no half-written image is left."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
+    with atomic_path(out) as tmp:
         image.save(tmp, format=fmt)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _sync(device: torch.device) -> None:

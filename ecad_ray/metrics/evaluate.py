@@ -28,7 +28,8 @@ from ecad_ray.metrics.runs import (
     schedules_of,
 )
 from ecad_ray.metrics.suite import MetricSuite
-from ecad_ray.metrics.tables import SUMMARY_FILE, MetricsTableWriter, summarize, write_table_atomic
+from ecad_ray.atomic import write_table_atomic
+from ecad_ray.metrics.tables import SUMMARY_FILE, MetricsTableWriter, summarize
 
 
 @dataclass(frozen=True)

@@ -209,11 +209,3 @@ def _mean_std(values: list, finite_only: bool = False) -> tuple[float | None, fl
     if not np.isfinite(arr).all():
         return float(arr.mean()), None
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
-
-
-def write_table_atomic(table: pa.Table, path: Path) -> Path:
-    """Write a Parquet table through a temp file and rename it into place."""
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
-    return path

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ecad_ray.atomic import atomic_path
 from ecad_ray.errors import UserError
 from ecad_ray.var.config import PRESETS, VARConfig, VarModelConfig, VQVAEConfig, preset
 from ecad_ray.var.generation import VarPipeline
@@ -54,12 +53,8 @@ def save_pipeline(path: str | Path, config: VarModelConfig, vqvae: VQVAE, var: V
     meta = {"config": config.to_json(), "format": "ecad-ray-var/1"}
     if extra:
         meta["training"] = json.dumps(extra)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    save_file(tensors, tmp, metadata=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def load_safetensors(path: str | Path, device: str | torch.device = "cpu") -> VarPipeline:

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ecad_ray.atomic import write_bytes_atomic
 from ecad_ray.var.generation import GenerationResult
 
 
@@ -91,25 +90,15 @@ def unpack_files(blob: bytes) -> dict[str, bytes]:
         return {k: z[k].tobytes() for k in z.files}
 
 
-def atomic_write(path: str | Path, data: bytes) -> None:
-    """Write through a temp file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def write_json(path: str | Path, obj: Any) -> None:
     """Pretty JSON, atomically."""
-    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
 def write_item(out_dir: str | Path, name: str, files: dict[str, bytes], config: dict) -> Path:
     """Write one item's files and its config.json; returns the item folder."""
     folder = Path(out_dir) / name
     for rel, data in files.items():
-        atomic_write(folder / rel, data)
+        write_bytes_atomic(folder / rel, data)
     write_json(folder / "config.json", config)
     return folder

@@ -53,7 +53,7 @@ def plot_item(spectra_dir: Path, out_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ecad_ray.var.outputs import atomic_write
+    from ecad_ray.atomic import write_bytes_atomic
 
     written = []
     for domain, specs in collect(spectra_dir).items():
@@ -86,7 +86,7 @@ def plot_item(spectra_dir: Path, out_dir: Path) -> list[Path]:
         fig.savefig(buf, format="png", dpi=100)
         plt.close(fig)
         target = out_dir / f"{spectra_dir.parent.name}__{domain}.png"
-        atomic_write(target, buf.getvalue())
+        write_bytes_atomic(target, buf.getvalue())
         written.append(target)
     return written
 
