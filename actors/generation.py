@@ -11,7 +11,7 @@ from actors.stage import Stage
 from ecad_ray.config import ImageSettings
 from ecad_ray.embeddings import EmbeddingRef, EmbeddingStore, ShardReader
 from ecad_ray.engine import ImageGenerator, TextEncoder
-from ecad_ray.models.registry import resolve_model
+from ecad_ray.models.registry import ModelSpec
 
 
 class TextEncoderStage(Stage):
@@ -27,9 +27,9 @@ class TextEncoderStage(Stage):
     }
     produces = {"shard": "embeddings shard (relative to the store)", "row": "row inside the shard"}
 
-    def __init__(self, model: str, store_root: str, device: str = "auto", dtype: str = "auto", threads: int = 1):
+    def __init__(self, spec: ModelSpec, store_root: str, device: str = "auto", dtype: str = "auto", threads: int = 1):
         torch.set_num_threads(threads)
-        self.spec = resolve_model(model)
+        self.spec = spec
         self.encoder = TextEncoder(self.spec, device, dtype)
         self.store = EmbeddingStore(store_root)
         self.known: dict[tuple[str, str], tuple[str, int]] = {}
@@ -82,7 +82,7 @@ class GeneratorStage(Stage):
 
     def __init__(
         self,
-        model: str,
+        spec: ModelSpec,
         settings: dict,
         store_root: str,
         device: str = "auto",
@@ -91,7 +91,6 @@ class GeneratorStage(Stage):
         threads: int = 1,
     ):
         torch.set_num_threads(threads)
-        spec = resolve_model(model)
         self.generator = ImageGenerator(spec, ImageSettings(**settings), device, dtype, schedule_path)
         self.reader = ShardReader(store_root)
 

@@ -134,7 +134,7 @@ def stream_plan(plan: RunPlan):
         ds = ds.map_batches(
             TextEncoderStage,
             fn_constructor_kwargs=dict(
-                model=cfg.model, store_root=str(plan.store_root), device=device, dtype=cfg.dtype, threads=threads
+                spec=plan.spec, store_root=str(plan.store_root), device=device, dtype=cfg.dtype, threads=threads
             ),
             batch_size=cfg.batch_size,  # keeps one block per generation batch for the pool
             compute=ray.data.ActorPoolStrategy(size=1),
@@ -144,7 +144,7 @@ def stream_plan(plan: RunPlan):
     ds = ds.map_batches(
         GeneratorStage,
         fn_constructor_kwargs=dict(
-            model=cfg.model,
+            spec=plan.spec,
             settings=settings,
             store_root=str(plan.store_root),
             device=device,

@@ -32,6 +32,7 @@ class GenerateConfig:
     start_seed: int = 0  # image j of every prompt uses start_seed + j * seed_step
     seed_step: int = 1
     schedule: str | None = None  # ECAD caching schedule file
+    transformer_weights: str | None = None  # transformer weights file replacing the model's own
     input_embeddings: str | None = None  # reuse this embeddings store instead of encoding
     num_workers: int = 1  # generation actors (one GPU each when GPUs exist)
     threads_per_worker: int = 1  # torch threads per actor on CPU

@@ -50,7 +50,13 @@ class RunPlan:
 def plan_run(config: GenerateConfig) -> RunPlan:
     """Validate the whole configuration and list the missing images; raises `UserError`."""
     config.check_counts()
-    spec = fetch_weights(resolve_model(config.model))
+    spec = resolve_model(config.model)
+    if config.transformer_weights:
+        weights = Path(config.transformer_weights).expanduser()
+        if not weights.is_file():
+            raise UserError(f"--transformer-weights {weights}: no such file")
+        spec = replace(spec, transformer_file=str(weights.resolve()))
+    spec = fetch_weights(spec)
     family = family_of(spec.family)
     schedule_name, schedule_steps = _check_schedule(config, spec)
     if schedule_steps and not config.steps:

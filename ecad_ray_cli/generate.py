@@ -31,6 +31,9 @@ def generate(
     start_seed: Annotated[int, typer.Option(help="Seed of each prompt's first image.")] = 0,
     seed_step: Annotated[int, typer.Option(help="Seed increment between a prompt's images.")] = 1,
     schedule: Annotated[Optional[Path], typer.Option(help="ECAD caching schedule (JSON) to apply.")] = None,
+    transformer_weights: Annotated[
+        Optional[Path], typer.Option(help="Transformer weights file (.safetensors or weights-only .pt/.pth, diffusers layout) replacing the model's own.")
+    ] = None,
     input_embeddings: Annotated[
         Optional[Path], typer.Option(help="Reuse this embeddings store instead of encoding prompts.")
     ] = None,
@@ -68,6 +71,7 @@ def generate(
         start_seed=start_seed,
         seed_step=seed_step,
         schedule=str(schedule) if schedule else None,
+        transformer_weights=str(transformer_weights) if transformer_weights else None,
         input_embeddings=str(input_embeddings) if input_embeddings else None,
         num_workers=num_workers,
         threads_per_worker=threads_per_worker,
