@@ -6,6 +6,8 @@ Ray plan adds scheduling and nothing else.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
@@ -19,6 +21,9 @@ class TextEncoder:
     """A model's tokenizer + text encoder, loaded once, turning prompts into embeddings."""
 
     def __init__(self, spec: ModelSpec, device: str = "auto", dtype: str = "auto"):
+        # the pipelines warn once per batch that long prompts were truncated to the text length,
+        # which is by design (PixArt-α: 120 T5 tokens, demo: 16)
+        logging.getLogger("diffusers.pipelines").setLevel(logging.ERROR)
         self.spec = spec
         self.family = family_of(spec.family)
         dev = resolve_device(device)

@@ -106,16 +106,12 @@ def load_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype, par
 
 def _quiet_loading() -> None:
     """Per-component loading bars would interleave across actors; the run has its own progress.
-
-    Transformers' per-batch "input was truncated" notices are silenced too: prompts longer than
-    the model's text length are truncated by design (PixArt-α: 120 T5 tokens, demo: 16).
     """
     import diffusers
     import transformers
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
 
 
 def _text_component_names(pipe) -> list[str]:
