@@ -1,9 +1,8 @@
-"""Ray Data stages of `generate`: encode prompts into the store, denoise images, write PNGs."""
+"""Ray Data stages of `generate` that hold models: encode prompts into the store, denoise images."""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,8 +11,7 @@ from actors.stage import Stage
 from ecad_ray.config import ImageSettings
 from ecad_ray.embeddings import EmbeddingRef, EmbeddingStore, ShardReader
 from ecad_ray.engine import ImageGenerator, TextEncoder
-from ecad_ray.models.registry import resolve_model
-from ecad_ray.records import image_name, write_png
+from ecad_ray.models.registry import ModelSpec
 
 
 class TextEncoderStage(Stage):
@@ -29,9 +27,9 @@ class TextEncoderStage(Stage):
     }
     produces = {"shard": "embeddings shard (relative to the store)", "row": "row inside the shard"}
 
-    def __init__(self, model: str, store_root: str, device: str = "auto", dtype: str = "auto", threads: int = 1):
+    def __init__(self, spec: ModelSpec, store_root: str, device: str = "auto", dtype: str = "auto", threads: int = 1):
         torch.set_num_threads(threads)
-        self.spec = resolve_model(model)
+        self.spec = spec
         self.encoder = TextEncoder(self.spec, device, dtype)
         self.store = EmbeddingStore(store_root)
         self.known: dict[tuple[str, str], tuple[str, int]] = {}
@@ -84,7 +82,7 @@ class GeneratorStage(Stage):
 
     def __init__(
         self,
-        model: str,
+        spec: ModelSpec,
         settings: dict,
         store_root: str,
         device: str = "auto",
@@ -93,7 +91,6 @@ class GeneratorStage(Stage):
         threads: int = 1,
     ):
         torch.set_num_threads(threads)
-        spec = resolve_model(model)
         self.generator = ImageGenerator(spec, ImageSettings(**settings), device, dtype, schedule_path)
         self.reader = ShardReader(store_root)
 
@@ -101,62 +98,10 @@ class GeneratorStage(Stage):
         n = self.check(batch)
         refs = [EmbeddingRef(str(s), int(r)) for s, r in zip(batch["shard"], batch["row"])]
         embeddings = self.reader.gather(refs)
+        seeds = [int(s) for s in batch["seed"]]
+        self.generator.warm_up(embeddings, seeds)  # untimed, first batch only
         start = time.perf_counter()
-        images = self.generator(embeddings, [int(s) for s in batch["seed"]])
+        images = self.generator(embeddings, seeds)
         batch["image"] = images
         batch["seconds"] = np.full(n, (time.perf_counter() - start) / n)
         return batch
-
-
-class ImageWriterStage(Stage):
-    """Write each image as a PNG (atomically, with its result row inside) and drop the pixels.
-
-    Stateless, so Ray runs it as tasks on pooled workers (no actor start-up per run).
-    """
-
-    consumes = {
-        "image": "uint8 array (H, W, 3)",
-        "prompt_index": "position of the prompt in the run",
-        "prompt_id": "stable id of the prompt",
-        "seed": "the image's seed",
-    }
-    produces = {"image_path": "PNG path relative to the run folder"}
-
-    def __call__(self, batch: dict, output_dir: str, settings: dict) -> dict:
-        n = self.check(batch)
-        images_dir = Path(output_dir) / "images"
-        images_dir.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for i in range(n):
-            name = image_name(int(batch["prompt_index"][i]), str(batch["prompt_id"][i]), int(batch["seed"][i]))
-            record = result_record(batch, i, settings, f"images/{name}")
-            write_png(np.asarray(batch["image"][i]), images_dir / name, record)
-            paths.append(record["image_path"])
-        out = {k: v for k, v in batch.items() if k != "image"}
-        out["image_path"] = np.array(paths, dtype=object)
-        return out
-
-
-def write_images(batch: dict, output_dir: str, settings: dict) -> dict:
-    """Task-form of `ImageWriterStage` for `map_batches`."""
-    return ImageWriterStage()(batch, output_dir, settings)
-
-
-def result_record(batch: dict, i: int, settings: dict, image_path: str) -> dict:
-    """One results-table row for row `i` of a batch."""
-    return {
-        "prompt_index": int(batch["prompt_index"][i]),
-        "prompt_id": str(batch["prompt_id"][i]),
-        "prompt": str(batch["prompt"][i]),
-        "negative_prompt": str(batch["negative_prompt"][i]),
-        "partition": str(batch["partition"][i]),
-        "seed": int(batch["seed"][i]),
-        "model": settings["model"],
-        "schedule": settings["schedule"],
-        "height": settings["height"],
-        "width": settings["width"],
-        "steps": settings["steps"],
-        "guidance_scale": float(settings["guidance_scale"]),
-        "image_path": image_path,
-        "seconds": float(batch["seconds"][i]),
-    }

@@ -15,9 +15,12 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
-from actors.generation import GeneratorStage, TextEncoderStage, result_record, write_images
+from actors.generation import GeneratorStage, TextEncoderStage
+from actors.writer import result_record, write_images
+from actors.metrics import MetricsStage
 from ecad_ray.config import GenerateConfig
 from ecad_ray.embeddings import EmbeddingStore
 from ecad_ray.run import RunPlan, device_description, finish_run, plan_run, start_run
@@ -67,24 +70,52 @@ def run_generate(config: GenerateConfig, progress=None) -> RunSummary:
     """Check the config, then stream every missing image through the Ray Data plan."""
     started = time.time()
     plan = plan_run(config)
+    if config.metrics:
+        MetricsStage.validate(config.metrics, config.reference)  # fail before Ray starts
     extra = {"device": device_description(config.device)}
     start_run(plan, extra)
     rows: list[dict] = []
+
+    def batches_with_rows():
+        for batch in stream_plan(plan):
+            for i in range(len(batch["image_path"])):
+                rows.append(result_record(batch, i, asdict(plan.settings), str(batch["image_path"][i])))
+            if progress:
+                progress(len(rows), len(plan.jobs))
+            yield batch
+
     if plan.jobs:
         # local Ray: the generation actors' threads, plus one CPU for the encoder and writer
         local_cpus = config.num_workers * config.threads_per_worker + 1
         with ray_session(config.address, local_cpus):
-            for row in stream_plan(plan):
-                rows.append(row)
-                if progress:
-                    progress(len(rows), len(plan.jobs))
+            if config.metrics:
+                extra["metrics_tables"] = _write_metric_tables(plan, batches_with_rows())
+            else:
+                for _ in batches_with_rows():
+                    pass
         EmbeddingStore(plan.store_root).save_index()
     results = finish_run(plan, rows, started, extra)
     return RunSummary(str(plan.output_dir), len(rows), len(plan.kept), time.time() - started, str(results))
 
 
+def _write_metric_tables(plan: RunPlan, batches) -> list[str]:
+    """Feed the scored batches to the metric tables (metrics.parquet, summary.parquet)."""
+    from ecad_ray.metrics.evaluate import write_metric_tables
+    from ecad_ray.metrics.suite import MetricSuite
+
+    cfg = plan.config
+    metrics_path, summary_path, _ = write_metric_tables(
+        plan.output_dir,
+        batches,
+        fid_ref=cfg.fid_ref if cfg.metrics.wants("fid") else None,
+        extractor=lambda: MetricSuite(replace(cfg.metrics, metrics=("fid",)), None).scorer("fid"),
+        resolution=(plan.settings.height, plan.settings.width),
+    )
+    return [str(metrics_path), str(summary_path)]
+
+
 def stream_plan(plan: RunPlan):
-    """Yield one result row per generated image, as the Ray Data plan produces them."""
+    """Yield the written batches (result columns, metric columns when asked) as the plan produces them."""
     import ray
 
     cfg = plan.config
@@ -103,17 +134,17 @@ def stream_plan(plan: RunPlan):
         ds = ds.map_batches(
             TextEncoderStage,
             fn_constructor_kwargs=dict(
-                model=cfg.model, store_root=str(plan.store_root), device=device, dtype=cfg.dtype, threads=threads
+                spec=plan.spec, store_root=str(plan.store_root), device=device, dtype=cfg.dtype, threads=threads
             ),
             batch_size=cfg.batch_size,  # keeps one block per generation batch for the pool
             compute=ray.data.ActorPoolStrategy(size=1),
             num_cpus=0 if gpu else 0.5,
-            num_gpus=0.2 if gpu else 0,
+            num_gpus=0.1 if gpu else 0,  # 0.1 encoder + 0.8 generator + 0.1 metrics fit one GPU
         )
     ds = ds.map_batches(
         GeneratorStage,
         fn_constructor_kwargs=dict(
-            model=cfg.model,
+            spec=plan.spec,
             settings=settings,
             store_root=str(plan.store_root),
             device=device,
@@ -126,13 +157,40 @@ def stream_plan(plan: RunPlan):
         num_cpus=1 if gpu else threads,
         num_gpus=0.8 if gpu else 0,
     )
+    if cfg.metrics:
+        ds = ds.map_batches(
+            MetricsStage,
+            fn_constructor_kwargs=dict(config=replace(cfg.metrics, device=device), reference_dir=cfg.reference),
+            batch_size=cfg.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=1),
+            num_cpus=0 if gpu else 0.25,
+            num_gpus=0 if not gpu else 0.1,
+        )
     ds = ds.map_batches(
         write_images,
         fn_kwargs=dict(output_dir=str(plan.output_dir), settings=settings),
         batch_size=cfg.batch_size,
         num_cpus=0.25,
     )
+    yield from ds.iter_batches(batch_size=None, batch_format="numpy")
 
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for i in range(len(batch["image_path"])):
-            yield result_record(batch, i, settings, str(batch["image_path"][i]))
+
+def run_benchmark(base: GenerateConfig, schedule_dir: str, progress=None) -> list[RunSummary]:
+    """ECAD's generate_images: one embeddings store × every schedule in `schedule_dir`.
+
+    Each schedule's images go to `<output_dir>/<schedule-name>/`; the all-recompute schedule
+    runs first (it is the quality reference), and `<output_dir>/results.parquet` holds every
+    run's rows with their schedule column. All runs share one Ray session.
+    """
+    from ecad_ray.benchmarking import combine_results, schedule_files
+
+    files = schedule_files(schedule_dir)
+    out = Path(base.output_dir)
+    summaries = []
+    local_cpus = base.num_workers * base.threads_per_worker + 1
+    with ray_session(base.address, local_cpus):
+        for path in files:
+            cfg = replace(base, schedule=str(path), output_dir=str(out / path.stem))
+            summaries.append(run_generate(cfg, progress))
+    combine_results([Path(s.results_path) for s in summaries], out / "results.parquet")
+    return summaries

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from ecad_ray.errors import UserError
+from ecad_ray.metrics.config import MetricsConfig
 from ecad_ray.models.registry import ModelSpec
 
 
@@ -31,6 +32,7 @@ class GenerateConfig:
     start_seed: int = 0  # image j of every prompt uses start_seed + j * seed_step
     seed_step: int = 1
     schedule: str | None = None  # ECAD caching schedule file
+    transformer_weights: str | None = None  # transformer weights file replacing the model's own
     input_embeddings: str | None = None  # reuse this embeddings store instead of encoding
     num_workers: int = 1  # generation actors (one GPU each when GPUs exist)
     threads_per_worker: int = 1  # torch threads per actor on CPU
@@ -38,7 +40,9 @@ class GenerateConfig:
     device: str = "auto"
     dtype: str = "auto"
     overwrite: bool = False  # regenerate images that already exist
-    metrics: tuple[str, ...] = field(default=())
+    metrics: MetricsConfig | None = None  # score images inside the stream (metric actors)
+    reference: str | None = None  # finished run with the reference images (PSNR/SSIM/LPIPS)
+    fid_ref: str | None = None  # FID reference: image folder or statistics .npz
 
     def check_counts(self) -> None:
         """Reject non-positive counts with the option's name."""
@@ -130,4 +134,20 @@ def load_config_file(path: str | Path) -> dict:
     unknown = sorted(set(data) - known)
     if unknown:
         raise UserError(f"--config {path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    if isinstance(data.get("metrics"), (list, str, dict)):
+        data["metrics"] = _metrics_from_yaml(path, data["metrics"])
     return data
+
+
+def _metrics_from_yaml(path: Path, value) -> MetricsConfig:
+    """`metrics: [clip, fid]`, `metrics: clip,fid` or `metrics: {metrics: [...], clip_model: ...}`."""
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, list):
+        value = {"metrics": value}
+    names = value.get("metrics", [])
+    value = {**value, "metrics": tuple([names] if isinstance(names, str) else names)}
+    try:
+        return MetricsConfig(**value)
+    except TypeError as err:
+        raise UserError(f"--config {path}: metrics: {err}") from err

@@ -13,7 +13,6 @@ Every record carries the model that made it: embeddings from another model are r
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ecad_ray.atomic import atomic_path, write_table_atomic
 from ecad_ray.errors import UserError
 
 FORMAT = "ecad-ray-embeddings/1"
@@ -49,13 +49,6 @@ class EmbeddingRef:
 
     shard: str
     row: int
-
-
-def atomic_write_table(table: pa.Table, path: Path) -> None:
-    """Write a Parquet file via a temp file + rename, so readers never see half a table."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
 
 
 class EmbeddingStore:
@@ -90,9 +83,8 @@ class EmbeddingStore:
             "negative_prompts": json.dumps(negative_prompts),
         }
         data = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        tmp = folder / f".{name}.tmp"
-        save_file(data, str(tmp), metadata=meta)
-        os.replace(tmp, folder / name)
+        with atomic_path(folder / name) as tmp:
+            save_file(data, str(tmp), metadata=meta)
         return str((folder / name).relative_to(self.root))
 
     # -- reading ---------------------------------------------------------------------------
@@ -138,7 +130,7 @@ class EmbeddingStore:
         """Write `index.parquet` for the shards on disk (atomically) and return it."""
         table = self._rebuild_index(self.shard_paths())
         self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_table(table, self.root / INDEX_NAME)
+        write_table_atomic(table, self.root / INDEX_NAME)
         return table
 
     def lookup(self, model: str, negative_prompt: str | None = None) -> dict[str, EmbeddingRef]:

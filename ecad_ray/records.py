@@ -9,15 +9,13 @@ its table rebuilt from the images alone.
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image, PngImagePlugin
 
+from ecad_ray.atomic import atomic_path, write_table_atomic
 from ecad_ray.prompts import safe_id
 
 PNG_KEY = "ecad-ray"
@@ -50,9 +48,8 @@ def write_png(image_HW3: np.ndarray, path: Path, record: dict) -> None:
     """Save a PNG atomically, with its result row embedded as JSON."""
     info = PngImagePlugin.PngInfo()
     info.add_text(PNG_KEY, json.dumps(record, sort_keys=True))
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    Image.fromarray(image_HW3).save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(image_HW3).save(tmp, format="PNG", pnginfo=info)
 
 
 def read_png_record(path: Path) -> dict | None:
@@ -74,7 +71,5 @@ def results_table(rows: list[dict]) -> pa.Table:
 def write_results(rows: list[dict], path: Path) -> pa.Table:
     """Write results.parquet atomically."""
     table = results_table(rows)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    write_table_atomic(table, path)
     return table

@@ -12,11 +12,11 @@ import os
 import platform
 import tempfile
 import time
-import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
+from ecad_ray.atomic import write_text_atomic
 from ecad_ray.config import GenerateConfig, ImageSettings
 from ecad_ray.embeddings import EmbeddingStore
 from ecad_ray.errors import UserError
@@ -44,14 +44,23 @@ class RunPlan:
     jobs: list[dict]  # one row per image still to generate
     kept: list[dict]  # result rows of complete images found on disk (resume)
     num_prompts: int
+    macs: int | None = None  # transformer MACs per image (ECAD's convention), when the model's shapes are known
 
 
 def plan_run(config: GenerateConfig) -> RunPlan:
     """Validate the whole configuration and list the missing images; raises `UserError`."""
     config.check_counts()
-    spec = fetch_weights(resolve_model(config.model))
+    spec = resolve_model(config.model)
+    if config.transformer_weights:
+        weights = Path(config.transformer_weights).expanduser()
+        if not weights.is_file():
+            raise UserError(f"--transformer-weights {weights}: no such file")
+        spec = replace(spec, transformer_file=str(weights.resolve()))
+    spec = fetch_weights(spec)
     family = family_of(spec.family)
-    schedule_name = _schedule_name(config.schedule)
+    schedule_name, schedule_steps = _check_schedule(config, spec)
+    if schedule_steps and not config.steps:
+        config = replace(config, steps=schedule_steps)
     settings = ImageSettings.resolve(config, spec, schedule_name)
     output_dir = Path(config.output_dir).expanduser()
     _check_writable(output_dir)
@@ -93,22 +102,61 @@ def plan_run(config: GenerateConfig) -> RunPlan:
                     "negative_prompt": settings.negative_prompt,
                     "partition": p.partition,
                     "seed": seed,
+                    "model": spec.name,
+                    "schedule": settings.schedule,
                     "shard": ref.shard if ref else "",
                     "row": ref.row if ref else -1,
                 }
             )
     wanted = {(p.prompt_id, s) for p in prompts for s in seeds}
     kept = [r for r in kept if (r["prompt_id"], r["seed"]) in wanted]
-    return RunPlan(config, spec, settings, output_dir, store_root, jobs, kept, len(prompts))
+    macs = transformer_macs(spec, settings, config.schedule)
+    return RunPlan(config, spec, settings, output_dir, store_root, jobs, kept, len(prompts), macs)
 
 
-def _schedule_name(schedule: str | None) -> str:
-    if not schedule:
-        return "none"
-    path = Path(schedule)
+def transformer_macs(spec: ModelSpec, settings: ImageSettings, schedule_path: str | None) -> int | None:
+    """Analytic transformer MACs of one image under the run's schedule (None: shapes unknown)."""
+    from ecad_ray.caching import load_schedule, resolve_spec, schedule_macs
+    from ecad_ray.caching.baselines import default_schedule
+
+    try:
+        tspec = resolve_spec(spec.name)
+    except (UserError, OSError, ValueError, KeyError):
+        return None
+    if (tspec.height, tspec.width) != (settings.height, settings.width):
+        area = settings.height * settings.width / (tspec.height * tspec.width)
+        tspec = replace(tspec, height=settings.height, width=settings.width,
+                        image_tokens=round(tspec.image_tokens * area))
+    schedule = load_schedule(schedule_path) if schedule_path else default_schedule(tspec, settings.steps)
+    return schedule_macs(schedule, tspec)
+
+
+def _check_schedule(config: GenerateConfig, spec: ModelSpec) -> tuple[str, int | None]:
+    """(schedule name, its step count) after checking it against the model and --steps.
+
+    Models without a known transformer config (an uncached hub id) are checked again by each
+    generation actor against the loaded transformer.
+    """
+    if not config.schedule:
+        return "none", None
+    path = Path(config.schedule)
     if not path.is_file():
-        raise UserError(f"--schedule {schedule}: no such file")
-    return path.stem
+        raise UserError(f"--schedule {config.schedule}: no such file")
+    from ecad_ray.caching import load_schedule, resolve_spec, validate_schedule
+
+    schedule = load_schedule(path)
+    try:
+        target = resolve_spec(spec.name)
+    except (UserError, OSError, ValueError, KeyError):
+        target = None
+    if target is not None:
+        validate_schedule(schedule, target, source=str(path))
+    if config.steps and config.steps != schedule.num_inference_steps:
+        raise UserError(
+            f"--steps {config.steps}: schedule {path} is made for {schedule.num_inference_steps} steps; "
+            "drop --steps or pick a schedule made for this many"
+        )
+    return path.stem, schedule.num_inference_steps
 
 
 def _prompts(config: GenerateConfig, store: EmbeddingStore, spec: ModelSpec, settings: ImageSettings) -> list[Prompt]:
@@ -201,14 +249,13 @@ def write_run_json(plan: RunPlan, fields: dict) -> None:
         "settings": asdict(plan.settings),
         "model_spec": {k: v for k, v in asdict(plan.spec).items() if k != "notes"},
         "embeddings": str(plan.store_root),
+        "macs": plan.macs,
         "versions": package_versions(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         **fields,
     }
-    tmp = plan.output_dir / f".{RUN_FILE}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.write_text(json.dumps(info, indent=2, default=str))
-    os.replace(tmp, plan.output_dir / RUN_FILE)
+    write_text_atomic(plan.output_dir / RUN_FILE, json.dumps(info, indent=2, default=str))
 
 
 def package_versions() -> dict[str, str]:

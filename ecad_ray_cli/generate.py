@@ -31,6 +31,9 @@ def generate(
     start_seed: Annotated[int, typer.Option(help="Seed of each prompt's first image.")] = 0,
     seed_step: Annotated[int, typer.Option(help="Seed increment between a prompt's images.")] = 1,
     schedule: Annotated[Optional[Path], typer.Option(help="ECAD caching schedule (JSON) to apply.")] = None,
+    transformer_weights: Annotated[
+        Optional[Path], typer.Option(help="Transformer weights file (.safetensors or weights-only .pt/.pth, diffusers layout) replacing the model's own.")
+    ] = None,
     input_embeddings: Annotated[
         Optional[Path], typer.Option(help="Reuse this embeddings store instead of encoding prompts.")
     ] = None,
@@ -40,6 +43,17 @@ def generate(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto (the model's on GPU, fp32 on CPU), fp32, fp16 or bf16.")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Regenerate images that already exist in --output-dir.")] = False,
+    metrics: Annotated[
+        Optional[str], typer.Option(help="Score images in the stream: comma list of clip,lpips,psnr,ssim,fid,imagereward.")
+    ] = None,
+    reference: Annotated[
+        Optional[Path], typer.Option(help="Finished run with the reference images for psnr/ssim/lpips (same prompts and seeds).")
+    ] = None,
+    fid_ref: Annotated[Optional[str], typer.Option(help="FID reference: image folder or statistics .npz.")] = None,
+    clip_model: Annotated[str, typer.Option(help="CLIP hub id or local folder for the clip metric.")] = "openai/clip-vit-base-patch32",
+    inception: Annotated[Optional[str], typer.Option(help="Local inception-2015-12-05.pt for FID.")] = None,
+    fid_extractor: Annotated[str, typer.Option(help="FID features: inception, pixels or module:function.")] = "inception",
+    lpips_random_backbone: Annotated[bool, typer.Option(help="Random LPIPS backbone (smoke runs only).")] = False,
 ) -> None:
     """Generate images for prompts with a text-to-image model, streamed through Ray Data."""
     options = dict(
@@ -57,6 +71,7 @@ def generate(
         start_seed=start_seed,
         seed_step=seed_step,
         schedule=str(schedule) if schedule else None,
+        transformer_weights=str(transformer_weights) if transformer_weights else None,
         input_embeddings=str(input_embeddings) if input_embeddings else None,
         num_workers=num_workers,
         threads_per_worker=threads_per_worker,
@@ -64,11 +79,29 @@ def generate(
         device=device,
         dtype=dtype,
         overwrite=overwrite,
+        metrics=metrics_config(metrics, clip_model, inception, fid_extractor, lpips_random_backbone),
+        reference=str(reference) if reference else None,
+        fid_ref=fid_ref,
     )
     if config_file:
         given = {name for name in ctx.params if ctx.get_parameter_source(name).name != "DEFAULT"}
         options = merge_config_file(config_file, options, given)
     run(GenerateConfig(**options))
+
+
+def metrics_config(names, clip_model, inception, fid_extractor, lpips_random_backbone):
+    """The metric actors' configuration, or None when no --metrics were asked for."""
+    if not names:
+        return None
+    from ecad_ray.metrics.config import MetricsConfig, parse_metric_names
+
+    return MetricsConfig(
+        metrics=parse_metric_names(names),
+        clip_model=clip_model,
+        inception_path=inception,
+        fid_extractor=fid_extractor,
+        lpips_random_backbone=lpips_random_backbone,
+    )
 
 
 def merge_config_file(path: Path, options: dict, given: set[str]) -> dict:

@@ -24,9 +24,9 @@ def _root() -> None:
 
 def _register() -> None:
     """Attach every command module. Each module exposes `register(app)`."""
-    from ecad_ray_cli import demo, embeddings, generate, schedule
+    from ecad_ray_cli import benchmark, demo, embed, embeddings, generate, image, metrics, report, schedule, var
 
-    for module in (generate, embeddings, schedule, demo):
+    for module in (generate, embeddings, schedule, benchmark, image, embed, metrics, report, var, demo):
         module.register(app)
 
 

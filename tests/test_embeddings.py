@@ -7,9 +7,10 @@ import sys
 import pytest
 import torch
 
-from actors.generation import GeneratorStage, write_images
+from actors.generation import GeneratorStage
+from actors.writer import write_images
 from ecad_ray.ecad_import import import_ecad_embeddings, prompt_id_from_name
-from ecad_ray.embeddings import INDEX_NAME, EmbeddingRef, EmbeddingStore, ShardReader
+from ecad_ray.embeddings import INDEX_NAME, EmbeddingStore, ShardReader
 from ecad_ray.errors import UserError
 
 

@@ -250,3 +250,55 @@ def test_gpu_run_matches_itself_across_batch_sizes(tmp_path, ray_local):
     assert a.keys() == b.keys()
     # GPU kernels may pick other algorithms per batch size: allow one grey level
     assert all(np.abs(a[k].astype(int) - b[k].astype(int)).max() <= 1 for k in a)
+
+
+SCHEDULES = Path(__file__).resolve().parents[1] / "schedules" / "demo"
+
+
+def test_schedules_through_generate_and_benchmark(base_run, tmp_path):
+    """All-recompute reproduces the uncached pixels; FORA-every-2 changes them a little."""
+    import shutil
+
+    from actors.plan import run_benchmark
+
+    out, _ = base_run
+    sched_dir = tmp_path / "schedules"
+    sched_dir.mkdir()
+    for name in ("recompute_all_every_002", "default"):
+        shutil.copy(SCHEDULES / f"{name}.json", sched_dir)
+    base = config(tmp_path / "bench", input_embeddings=str(out / "embeddings"), prompts=(), steps=None, batch_size=6)
+    summaries = run_benchmark(base, str(sched_dir))
+    assert [Path(s.output_dir).name for s in summaries] == ["default", "recompute_all_every_002"]
+    table = pq.read_table(tmp_path / "bench" / "results.parquet").to_pylist()
+    assert {r["schedule"] for r in table} == {"default", "recompute_all_every_002"} and len(table) == 12
+    assert all((tmp_path / "bench" / r["image_path"]).is_file() for r in table)
+    # the uncached reference at the schedules' 20 steps
+    run_generate(config(tmp_path / "plain", input_embeddings=str(out / "embeddings"), prompts=(), steps=20, batch_size=6))
+    plain = pixels(tmp_path / "plain")
+    full = pixels(tmp_path / "bench" / "default")
+    fora = pixels(tmp_path / "bench" / "recompute_all_every_002")
+    assert plain.keys() == full.keys() == fora.keys()
+    assert all(np.array_equal(plain[k], full[k]) for k in plain)
+    diffs = [np.abs(plain[k].astype(float) - fora[k]).mean() for k in plain]
+    assert 0 < max(diffs) < 40
+    macs = {name: json.loads((tmp_path / "bench" / name / "run.json").read_text())["macs"] for name in
+            ("default", "recompute_all_every_002")}
+    assert macs["recompute_all_every_002"] < 0.6 * macs["default"]
+
+
+def test_metric_actors_score_inside_the_stream(base_run, tmp_path):
+    """Same settings as the reference run: PSNR is infinite, LPIPS 0, FID ~ 0, for every image."""
+    import math
+
+    from ecad_ray.metrics.config import MetricsConfig
+
+    out, _ = base_run
+    metrics = MetricsConfig(metrics=("psnr", "ssim", "lpips", "fid"), fid_extractor="pixels", lpips_random_backbone=True)
+    run_generate(config(tmp_path / "scored", batch_size=8, metrics=metrics, reference=str(out),
+                        fid_ref=str(out / "images")))
+    table = pq.read_table(tmp_path / "scored" / "metrics.parquet").to_pylist()
+    assert len(table) == 6
+    assert all(math.isinf(r["psnr"]) and r["lpips"] == pytest.approx(0, abs=1e-6) and r["ssim"] == pytest.approx(1)
+               for r in table)
+    summary = pq.read_table(tmp_path / "scored" / "summary.parquet").to_pylist()
+    assert len(summary) == 1 and summary[0]["fid"] == pytest.approx(0, abs=1e-3)

@@ -75,3 +75,41 @@ def test_flux_family_encodes_and_generates_batch_invariantly(tmp_path):
 def test_sizes_are_checked_against_the_model():
     with pytest.raises(UserError, match="--width 250: model pixart-alpha-256 needs a multiple of 16.*try 240 or 256"):
         ImageSettings.resolve(GenerateConfig(width=250), resolve_model("pixart-alpha-256"))
+
+
+def test_transformer_weights_file_replaces_the_models_own(tmp_path):
+    import dataclasses
+
+    import torch
+    from safetensors.torch import save_file
+
+    from ecad_ray.run import plan_run
+
+    own = build_pipeline().transformer.state_dict()
+    save_file({k: v.contiguous() for k, v in own.items()}, str(tmp_path / "same.safetensors"))
+    torch.save({k: v + 0.05 * torch.randn_like(v) for k, v in own.items()}, tmp_path / "tuned.pth")
+
+    plan = plan_run(GenerateConfig(prompts=("x",), output_dir=str(tmp_path / "run"),
+                                   transformer_weights=str(tmp_path / "tuned.pth")))
+    assert plan.spec.transformer_file == str((tmp_path / "tuned.pth").resolve())
+
+    base = resolve_model("demo")
+    settings = ImageSettings.resolve(GenerateConfig(steps=3), base)
+    emb = TextEncoder(base, "cpu")(["a red circle"], [""])
+    images = {}
+    for name in ("none", "same.safetensors", "tuned.pth"):
+        spec = base if name == "none" else dataclasses.replace(base, transformer_file=str(tmp_path / name))
+        images[name] = ImageGenerator(spec, settings, "cpu")(emb, [3])
+    np.testing.assert_array_equal(images["none"], images["same.safetensors"])
+    assert not np.array_equal(images["none"], images["tuned.pth"])
+
+
+def test_transformer_weights_of_another_architecture_are_named(tmp_path):
+    import dataclasses
+
+    import torch
+
+    torch.save({"pos_embed.proj.weight": torch.zeros(3), "unet.conv_in.weight": torch.zeros(1)}, tmp_path / "other.pt")
+    spec = dataclasses.replace(resolve_model("demo"), transformer_file=str(tmp_path / "other.pt"))
+    with pytest.raises(UserError, match=r"other.pt: not a PixArtTransformer2DModel of model demo.*missing .*unexpected unet.conv_in.weight .*wrong shape pos_embed.proj.weight"):
+        ImageGenerator(spec, ImageSettings.resolve(GenerateConfig(), spec), "cpu")

@@ -16,11 +16,11 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ecad_ray.atomic import write_text_atomic
 from ecad_ray.errors import UserError
 
 CUSTOM_PREFIX = "custom_compute"  # keys like `custom_compute_attn` hold a {name, kwargs} object
@@ -220,16 +220,7 @@ def load_schedule(path: str | os.PathLike) -> Schedule:
 def save_schedule(schedule: Schedule, path: str | os.PathLike) -> Path:
     """Write `schedule` in ECAD's format atomically (temp file + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(schedule.to_json(), fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(schedule.to_json(), indent=2) + "\n")
     return path
 
 

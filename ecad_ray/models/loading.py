@@ -7,6 +7,7 @@ become one `UserError` naming what is missing and how to supply it.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -64,7 +65,7 @@ def fetch_weights(spec: ModelSpec) -> ModelSpec:
     from huggingface_hub import snapshot_download
 
     sources = [(spec.pipeline_source, _SKIP_FILES + (["transformer/*"] if spec.transformer_source else []), None)]
-    if spec.transformer_source:
+    if spec.transformer_source and not spec.transformer_file:
         sources.append((spec.transformer_source, _SKIP_FILES, [f"{spec.transformer_subfolder}/*"]))
     for repo, ignore, allow in sources:
         try:
@@ -73,7 +74,7 @@ def fetch_weights(spec: ModelSpec) -> ModelSpec:
             raise _missing_weights(spec, repo, err) from err
     if spec.name in REGISTRY:
         return spec
-    return resolve_model(spec.name)
+    return replace(resolve_model(spec.name), transformer_file=spec.transformer_file)
 
 
 def _pipeline_class(spec: ModelSpec):
@@ -92,6 +93,8 @@ def load_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype, par
 
         components = build_components()
         pipe = _pipeline_class(spec)(**components)
+        if spec.transformer_file and part != "text":
+            load_transformer_file(pipe.transformer, spec)
     else:
         pipe = _load_hub_pipeline(spec, dtype, part)
     pipe.set_progress_bar_config(disable=True)
@@ -102,7 +105,8 @@ def load_pipeline(spec: ModelSpec, device: torch.device, dtype: torch.dtype, par
 
 
 def _quiet_loading() -> None:
-    """Per-component loading bars would interleave across actors; the run has its own progress."""
+    """Per-component loading bars would interleave across actors; the run has its own progress.
+    """
     import diffusers
     import transformers
 
@@ -134,21 +138,69 @@ def _load_hub_pipeline(spec: ModelSpec, dtype: torch.dtype, part: Part):
         kwargs.update(text_encoder=None, tokenizer=None)
         if spec.family == "flux":
             kwargs.update(text_encoder_2=None, tokenizer_2=None)
-    if spec.transformer_source and part != "text":
-        kwargs["transformer"] = _load_transformer(spec, dtype)
+    if (spec.transformer_source or spec.transformer_file) and part != "text":
+        transformer = _load_transformer(spec, dtype)
+        if transformer is not None:
+            kwargs["transformer"] = transformer
     try:
-        return cls.from_pretrained(spec.pipeline_source, **kwargs)
+        pipe = cls.from_pretrained(spec.pipeline_source, **kwargs)
     except (OSError, ValueError) as err:
         raise _missing_weights(spec, spec.pipeline_source, err) from err
+    if spec.transformer_file and part != "text" and "transformer" not in kwargs:
+        load_transformer_file(pipe.transformer, spec)
+    return pipe
 
 
 def _load_transformer(spec: ModelSpec, dtype: torch.dtype):
+    """The transformer from its own repo, or built from the shipped config and filled from a file."""
     from diffusers import FluxTransformer2DModel, PixArtTransformer2DModel
 
     cls = FluxTransformer2DModel if spec.family == "flux" else PixArtTransformer2DModel
+    if spec.transformer_file:
+        from ecad_ray.caching.spec import shipped_config, shipped_names
+
+        if spec.name not in shipped_names():
+            return None  # built by the pipeline from its own config, then filled (see caller)
+        config = {k: v for k, v in shipped_config(spec.name)["transformer"].items() if not k.startswith("_")}
+        transformer = cls.from_config(config)
+        load_transformer_file(transformer, spec)
+        return transformer.to(dtype)
     try:
         return cls.from_pretrained(
             spec.transformer_source, subfolder=spec.transformer_subfolder, torch_dtype=dtype
         )
     except (OSError, ValueError) as err:
         raise _missing_weights(spec, spec.transformer_source, err) from err
+
+
+def load_transformer_file(transformer: torch.nn.Module, spec: ModelSpec) -> None:
+    """Fill `transformer` from `spec.transformer_file` (safetensors, or a weights-only torch file).
+
+    The keys must be the diffusers layout of this transformer; a file for another architecture
+    is named with the keys it lacks or adds, never loaded halfway.
+    """
+    path = Path(spec.transformer_file)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state) if isinstance(state, dict) else state
+    except Exception as err:  # noqa: BLE001  (unreadable or unsafe file: all one message)
+        raise UserError(f"--transformer-weights {path}: cannot read weights ({type(err).__name__}: {err})") from err
+    if not isinstance(state, dict):
+        raise UserError(f"--transformer-weights {path}: expected a state dict, found {type(state).__name__}")
+    own = transformer.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        parts = [f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)})"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
+        raise UserError(
+            f"--transformer-weights {path}: not a {type(transformer).__name__} of model {spec.name} in "
+            f"diffusers layout: {'; '.join(parts)}"
+        )
+    transformer.load_state_dict(state, strict=True)

@@ -35,6 +35,7 @@ class ModelSpec:
     max_sequence_length: int = 120  # text tokens the encoder sees (PixArt-α 120, Σ 300, FLUX 512)
     dtype: str = "fp32"  # preferred dtype on a GPU (fp32 on CPU always)
     builtin: bool = False  # True for `demo`: built from configs shipped in the package
+    transformer_file: str | None = None  # transformer weights from one file (fine-tunes, ECAD's transformer_weights)
     notes: str = field(default="", compare=False)
 
 

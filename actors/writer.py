@@ -1,0 +1,64 @@
+"""The PNG writer stage of `generate`, kept free of model imports so its tasks start quickly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from actors.stage import Stage
+from ecad_ray.records import image_name, write_png
+
+
+class ImageWriterStage(Stage):
+    """Write each image as a PNG (atomically, with its result row inside) and drop the pixels.
+
+    Stateless, so Ray runs it as tasks on pooled workers (no actor start-up per run).
+    """
+
+    consumes = {
+        "image": "uint8 array (H, W, 3)",
+        "prompt_index": "position of the prompt in the run",
+        "prompt_id": "stable id of the prompt",
+        "seed": "the image's seed",
+    }
+    produces = {"image_path": "PNG path relative to the run folder"}
+
+    def __call__(self, batch: dict, output_dir: str, settings: dict) -> dict:
+        n = self.check(batch)
+        images_dir = Path(output_dir) / "images"
+        images_dir.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i in range(n):
+            name = image_name(int(batch["prompt_index"][i]), str(batch["prompt_id"][i]), int(batch["seed"][i]))
+            record = result_record(batch, i, settings, f"images/{name}")
+            write_png(np.asarray(batch["image"][i]), images_dir / name, record)
+            paths.append(record["image_path"])
+        out = {k: v for k, v in batch.items() if k != "image"}
+        out["image_path"] = np.array(paths, dtype=object)
+        return out
+
+
+def write_images(batch: dict, output_dir: str, settings: dict) -> dict:
+    """Task-form of `ImageWriterStage` for `map_batches`."""
+    return ImageWriterStage()(batch, output_dir, settings)
+
+
+def result_record(batch: dict, i: int, settings: dict, image_path: str) -> dict:
+    """One results-table row for row `i` of a batch."""
+    return {
+        "prompt_index": int(batch["prompt_index"][i]),
+        "prompt_id": str(batch["prompt_id"][i]),
+        "prompt": str(batch["prompt"][i]),
+        "negative_prompt": str(batch["negative_prompt"][i]),
+        "partition": str(batch["partition"][i]),
+        "seed": int(batch["seed"][i]),
+        "model": settings["model"],
+        "schedule": settings["schedule"],
+        "height": settings["height"],
+        "width": settings["width"],
+        "steps": settings["steps"],
+        "guidance_scale": float(settings["guidance_scale"]),
+        "image_path": image_path,
+        "seconds": float(batch["seconds"][i]),
+    }

@@ -1,0 +1,142 @@
+"""VAR per-scale pruning: FLOPs share per scale, wall-time speedup vs the FLOPs ideal, and
+quality (PSNR / SSIM / LPIPS to the unpruned images), side by side in one run.
+
+Speed is measured on a benchmark-sized random-weight model (`random:benchmark`: VAR-256's
+ten scales 1..16, 8 layers of width 512, 4096-entry codebook) so the transformer is compute
+bound on a CPU; the tiny demo model would mostly measure Python overheads. Quality is
+measured on the trained `demo-var` digits model (random weights make noise images, whose
+distances mean little). The same settings are applied to both by position from the last
+scale:
+
+    seed tail        the seed tool's default: last six scales 0.3, 0.4, skip, skip, 0.8, skip
+    fastvar-like     FastVAR's Infinity default by position: last four 0.4, 0.5, skip, skip
+    prune-last-3     token pruning only, no skips: last three scales at 0.5
+
+Batch 16 (32 rows with CFG) keeps even the 1-token first scale near compute bound; at batch
+1-2 reading the weights at every small scale dominates and the FLOPs ideal is out of reach.
+
+Run: PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/var_pruning.py [--repeats 3 --batch 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+import ecad_ray  # noqa: F401  (torchvision shim before lpips)
+from ecad_ray.var.checkpoints import load_var_model
+from ecad_ray.var.controllers import NoPruning, TailPattern, describe
+from ecad_ray.var.evaluation import LpipsScorer, psnr, ssim
+from ecad_ray.var.pruning import transformer_flops
+
+SETTINGS = {
+    "unpruned": NoPruning(),
+    "seed tail": TailPattern(),
+    "fastvar-like": TailPattern((0.4, 0.5, 1.0, 1.0)),
+    "prune-last-3": TailPattern((0.5, 0.5, 0.5)),
+}
+
+
+def flops_for(pipe, controller) -> list[float]:
+    n = len(pipe.patch_nums)
+    ratios = [controller.ratio(i, n, None) for i in range(n)]
+    vq = pipe.config.vqvae
+    return transformer_flops(pipe.config.var, vq.vocab_size, vq.z_channels, ratios, pipe.layer_range)
+
+
+def time_settings(pipe, batch: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Best-of-N transformer and end-to-end seconds per image, settings interleaved each round.
+
+    The minimum is reported because on a shared machine interference only ever adds time."""
+    cond = pipe.conditions(classes=list(range(batch)))
+    seeds = list(range(batch))
+    pipe.generate(cond, seeds)  # warm-up (allocations, kernels)
+    times = {name: {"transformer": [], "total": []} for name in SETTINGS}
+    for _ in range(repeats):
+        for name, ctrl in SETTINGS.items():
+            t0 = time.perf_counter()
+            result = pipe.generate(cond, seeds, ctrl)
+            total = time.perf_counter() - t0
+            times[name]["transformer"].append(result.transformer_seconds / batch)
+            times[name]["total"].append(total / batch)
+    out = {n: {k: min(v) for k, v in d.items()} for n, d in times.items()}
+    for n, d in times.items():
+        out[n]["spread"] = max(d["transformer"]) / min(d["transformer"]) - 1  # how noisy the machine was
+    return out
+
+
+def quality(pipe, n_images: int, backbone: str) -> dict[str, dict[str, float]]:
+    """Mean PSNR / SSIM / LPIPS of each setting's images to the unpruned ones (same seeds)."""
+    classes = [i % pipe.config.var.num_classes for i in range(n_images)]
+    cond, seeds = pipe.conditions(classes=classes), list(range(100, 100 + n_images))
+    imgs = {name: pipe.generate(cond, seeds, ctrl).images_B3HW.permute(0, 2, 3, 1).numpy() for name, ctrl in SETTINGS.items()}
+    lp = LpipsScorer(backbone)
+    ref = list(imgs["unpruned"])
+    out = {}
+    for name, arr in imgs.items():
+        cur = list(arr)
+        p = [psnr(a, b) for a, b in zip(ref, cur)]
+        finite = [v for v in p if np.isfinite(v)]
+        out[name] = {"psnr": float(np.mean(finite)) if finite else float("inf"),
+                     "ssim": float(np.mean([ssim(a, b) for a, b in zip(ref, cur)])),
+                     "lpips": float(np.mean(lp(ref, cur)))}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=3, help="timed rounds per setting (the fastest is reported)")
+    ap.add_argument("--batch", type=int, default=16, help="images per generate call in the speed runs")
+    ap.add_argument("--quality-images", type=int, default=20, help="demo-var images per setting for quality")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--speed-model", default="random:benchmark", help="model for the speed runs")
+    ap.add_argument("--quality-model", default="demo-var", help="model for the quality runs")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    bench = load_var_model(args.speed_model)
+    cfg = bench.config
+    print(f"speed model {args.speed_model}: depth {cfg.var.depth}, width {cfg.var.embed_dim}, scales "
+          f"{cfg.var.patch_nums} ({cfg.var.seq_len} tokens), vocab {cfg.vqvae.vocab_size}, CFG batch x2, "
+          f"prune layers {bench.layer_range}, {args.threads} thread(s), batch {args.batch}")
+    full = flops_for(bench, NoPruning())
+    total = sum(full)
+    print("\nFLOPs share per scale (unpruned, transformer incl. head):")
+    print("  width  tokens  GFLOPs  share  cumulative-from-last")
+    tail_cum = np.cumsum(full[::-1])[::-1] / total
+    for pn, f, cum in zip(cfg.var.patch_nums, full, tail_cum):
+        print(f"  {pn:5d}  {pn * pn:6d}  {f / 1e9:6.2f}  {100 * f / total:4.1f}%  {100 * cum:5.1f}%")
+
+    timings = time_settings(bench, args.batch, args.repeats)
+    try:
+        LpipsScorer("pretrained")
+        backbone = "pretrained"
+    except Exception:
+        backbone = "random"
+    qual = quality(load_var_model(args.quality_model), args.quality_images, backbone)
+
+    base = timings["unpruned"]
+    print(f"\nSpeed: {args.speed_model} (best of {args.repeats}, batch {args.batch}); quality: {args.quality_model}, "
+          f"{args.quality_images} images vs its unpruned images (LPIPS backbone: {backbone})")
+    head = (f"{'setting':13s} {'ratios (last scales)':32s} {'ideal x':>7s} {'meas x':>7s} {'gap':>6s} {'ok':>3s} "
+            f"{'e2e x':>6s} {'s/img':>7s} {'spread':>6s} {'PSNR':>6s} {'SSIM':>6s} {'LPIPS':>6s}")
+    print(head)
+    print("-" * len(head))
+    for name, ctrl in SETTINGS.items():
+        ideal = total / sum(flops_for(bench, ctrl))
+        meas = base["transformer"] / timings[name]["transformer"]
+        e2e = base["total"] / timings[name]["total"]
+        gap = meas / ideal - 1
+        q = qual[name]
+        print(f"{name:13s} {describe(ctrl):32s} {ideal:7.2f} {meas:7.2f} {100 * gap:5.1f}% {'yes' if abs(gap) <= 0.15 else 'no':>3s} "
+              f"{e2e:6.2f} {timings[name]['total']:7.3f} {100 * timings[name]['spread']:5.0f}% {q['psnr']:6.2f} {q['ssim']:6.3f} {q['lpips']:6.3f}")
+    print("\nideal x = transformer FLOPs unpruned / pruned; meas x = measured transformer time ratio; "
+          "gap = meas/ideal - 1 (target |gap| <= 15%); e2e x includes VQ decode and Python overheads;\n"
+          "s/img = best end-to-end seconds per image; spread = slowest/fastest transformer time - 1 over the rounds.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""Reading generate runs: their per-image results tables and images.
+
+A run directory holds `images/*.png`, `results.parquet` (one row per image: prompt_id,
+prompt, seed, model, schedule, height, width, steps, guidance_scale, image_path, seconds;
+optionally partition and macs) and `run.json` (whose `macs`, when present, applies to every
+image of the run). Image paths are relative to the run
+directory (absolute paths are accepted too).
+
+`generate` writes one schedule per run, so comparing schedules means several runs: every
+function here takes either one run directory or a folder whose subfolders are runs (e.g.
+`runs/cmp/none`, `runs/cmp/fast`, ...), read as one table with image paths relative to it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ecad_ray.errors import UserError
+from ecad_ray.metrics.fid import load_rgb
+
+RESULTS = "results.parquet"
+REQUIRED_COLUMNS = ("prompt_id", "prompt", "seed", "model", "schedule", "image_path")
+# Names the all-recompute (uncached) schedule goes by, tried in order when none is given.
+REFERENCE_SCHEDULE_NAMES = ("none", "baseline", "all-recompute", "no-cache", "uncached", "default", "full")
+
+
+def run_dirs(root: Path, option: str = "RUN_DIR") -> list[Path]:
+    """`root` itself when it is a run, else its direct subfolders that are runs (sorted)."""
+    root = Path(root)
+    if (root / RESULTS).is_file():
+        return [root]
+    runs = sorted(p for p in root.iterdir() if (p / RESULTS).is_file()) if root.is_dir() else []
+    if not runs:
+        raise UserError(f"{option} {root}: no {RESULTS} in it nor in its subfolders (not a generate run?)")
+    return runs
+
+
+def check_distinct_schedules(root: Path, option: str = "RUN_DIR") -> None:
+    """Refuse a folder where two runs hold the same model + schedule (their rows would merge)."""
+    owner: dict[tuple[str, str], Path] = {}
+    for run in run_dirs(root, option):
+        table = results_file(run, option).read(columns=["model", "schedule"])
+        for key in set(zip(table.column("model").to_pylist(), table.column("schedule").to_pylist())):
+            if key in owner:
+                raise UserError(
+                    f"{option} {root}: runs {owner[key].name} and {run.name} both hold schedule {key[1]} "
+                    f"of model {key[0]}; score them separately (--reference for the baseline run)"
+                )
+            owner[key] = run
+
+
+def results_file(run_dir: Path, option: str = "RUN_DIR") -> pq.ParquetFile:
+    """One run's `results.parquet`, checked for the columns metrics need."""
+    path = Path(run_dir) / RESULTS
+    if not path.is_file():
+        raise UserError(f"{option} {run_dir}: no {RESULTS} (not a generate run directory?)")
+    file = pq.ParquetFile(path)
+    missing = [c for c in REQUIRED_COLUMNS if c not in file.schema_arrow.names]
+    if missing:
+        raise UserError(f"{path}: lacks columns {', '.join(missing)}")
+    return file
+
+
+def read_results(root: Path, columns: list[str], option: str = "RUN_DIR") -> pa.Table:
+    """The given columns of every run under `root` (missing optional columns come back null)."""
+    tables = []
+    for run in run_dirs(root, option):
+        file = results_file(run, option)
+        have = [c for c in columns if c in file.schema_arrow.names]
+        table = file.read(columns=have)
+        for c in columns:
+            if c not in have:
+                table = table.append_column(c, pa.nulls(table.num_rows))
+        if "image_path" in columns:
+            paths = [_relative(root, run, p) for p in table.column("image_path").to_pylist()]
+            table = table.set_column(table.column_names.index("image_path"), "image_path", pa.array(paths, pa.string()))
+        tables.append(table.select(columns))
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def iter_result_batches(root: Path, batch_size: int) -> Iterator[dict]:
+    """Stream every run's results as column dicts of up to `batch_size` rows, `image` loaded.
+
+    `image_path` is rewritten relative to `root`, so tables written there point at the images.
+    """
+    root = Path(root)
+    for run in run_dirs(root):
+        macs = run_macs(run)
+        for record_batch in results_file(run).iter_batches(batch_size=batch_size):
+            batch = record_batch.to_pydict()
+            if "macs" not in batch and macs is not None:
+                batch["macs"] = [macs] * record_batch.num_rows
+            batch["image_path"] = [_relative(root, run, p) for p in batch["image_path"]]
+            batch["image"] = [load_rgb(resolve_image(root, p)) for p in batch["image_path"]]
+            yield batch
+
+
+def run_macs(run: Path) -> float | None:
+    """MACs per image a run recorded in `run.json` (`macs` at the top or under `settings`), if any."""
+    path = Path(run) / "run.json"
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    value = info.get("macs", (info.get("settings") or {}).get("macs"))
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _relative(root: Path, run: Path, image_path: str) -> str:
+    path = Path(image_path)
+    if path.is_absolute() or run == root:
+        return str(image_path)
+    return str(run.relative_to(root) / path)
+
+
+def resolve_image(run_dir: Path, image_path: str) -> Path:
+    """An image path from a results table, made absolute against its run directory."""
+    path = Path(image_path)
+    return path if path.is_absolute() else Path(run_dir) / path
+
+
+def schedules_of(root: Path, option: str = "RUN_DIR") -> list[str]:
+    """The distinct schedules under `root`, in first-seen order."""
+    table = read_results(root, ["schedule"], option)
+    return list(dict.fromkeys(table.column("schedule").to_pylist()))
+
+
+def pick_reference_schedule(schedules: Sequence[str], requested: str | None, option: str) -> str:
+    """The requested schedule, the only one, or the one named like the all-recompute baseline."""
+    if requested is not None:
+        if requested not in schedules:
+            raise UserError(f"{option} {requested}: no such schedule (have {', '.join(schedules)})")
+        return requested
+    if len(schedules) == 1:
+        return schedules[0]
+    for name in REFERENCE_SCHEDULE_NAMES:
+        if name in schedules:
+            return name
+    raise UserError(
+        f"{option}: cannot tell which of {', '.join(schedules)} is the all-recompute reference; name it"
+    )
+
+
+class ReferenceImages:
+    """Reference images of one run (or folder of runs) and schedule, by (model, prompt_id, seed).
+
+    When the reference holds one model, the model is not compared (a reference run may name
+    the same model differently); with several, each image is matched within its own model.
+    Holds only the paths (a few strings per image); images load when asked for.
+    """
+
+    def __init__(self, run_dir: Path, schedule: str | None = None, option: str = "--reference") -> None:
+        self.run_dir = Path(run_dir)
+        self.schedule = pick_reference_schedule(schedules_of(self.run_dir, option), schedule, "--reference-schedule")
+        table = read_results(self.run_dir, ["prompt_id", "seed", "image_path", "schedule", "seconds", "model"], option)
+        table = table.filter(pc.equal(table.column("schedule"), self.schedule))
+        models = table.column("model").to_pylist()
+        self.single_model = len(set(models)) <= 1
+        self.paths = {
+            self._key(model, pid, seed): path
+            for model, pid, seed, path in zip(
+                models,
+                table.column("prompt_id").to_pylist(),
+                table.column("seed").to_pylist(),
+                table.column("image_path").to_pylist(),
+            )
+        }
+        self.seconds_per_image = _mean(table, "seconds")
+
+    def _key(self, model, prompt_id, seed) -> tuple:
+        return (None if self.single_model else str(model), str(prompt_id), int(seed))
+
+    def image(self, prompt_id: str, seed: int, model: str | None = None) -> np.ndarray | None:
+        """The reference image for this prompt and seed (and model), or None when there is none."""
+        path = self.paths.get(self._key(model, prompt_id, seed))
+        return None if path is None else load_rgb(resolve_image(self.run_dir, path))
+
+
+def _mean(table: pa.Table, column: str) -> float | None:
+    if column not in table.column_names or table.num_rows == 0:
+        return None
+    value = pc.mean(table.column(column)).as_py()
+    return None if value is None else float(value)

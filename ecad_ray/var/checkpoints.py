@@ -1,0 +1,233 @@
+"""Load and save VAR generators: the project's safetensors files, `random:` presets, and
+FoundationVision's `var_d16.pth` + `vae_ch160v4096z32.pth` checkpoints.
+
+The project's format is one safetensors file whose metadata holds the config JSON and whose
+tensors are `vqvae.*` and `var.*`. FoundationVision checkpoints are plain state dicts with
+the same module names as this package's code; their sizes are read off the tensors, the
+model is built to match, and any key or shape this architecture does not have is reported
+by name instead of being loaded half-way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ecad_ray.atomic import atomic_path
+from ecad_ray.errors import UserError
+from ecad_ray.var.config import PRESETS, VARConfig, VarModelConfig, VQVAEConfig, preset
+from ecad_ray.var.generation import VarPipeline
+from ecad_ray.var.model import VAR
+from ecad_ray.var.vqvae import VQVAE
+
+ASSETS = Path(__file__).parent / "assets"
+DEMO_WEIGHTS = ASSETS / "demo-var.safetensors"
+# Buffers FoundationVision saves that this code rebuilds from the config (checked, not loaded).
+_DERIVED_VAR_KEYS = ("lvl_1L", "attn_bias_for_masking")
+_DERIVED_VAE_KEYS = ("quantize.ema_vocab_hit_SV",)
+
+
+def build_models(config: VarModelConfig, seed: int = 0, for_training: bool = False) -> tuple[VQVAE, VAR]:
+    """Tokenizer and transformer for a config, with seeded random weights.
+
+    `for_training` starts every block as the identity (zero adaLN gates); otherwise the gates
+    are open so a random-weight stand-in model computes something in every layer."""
+    torch.manual_seed(seed)
+    vqvae = VQVAE(config.vqvae, config.var.patch_nums)
+    var = VAR(config.var, config.vqvae.z_channels, config.vqvae.vocab_size)
+    if not for_training:
+        var.init_weights(gate=1.0)
+    return vqvae, var
+
+
+def save_pipeline(path: str | Path, config: VarModelConfig, vqvae: VQVAE, var: VAR, extra: dict | None = None) -> None:
+    """Write one safetensors file (atomically) with the config and training notes as metadata."""
+    tensors = {f"vqvae.{k}": v.detach().contiguous().cpu() for k, v in vqvae.state_dict().items()}
+    tensors |= {f"var.{k}": v.detach().contiguous().cpu() for k, v in var.state_dict().items()}
+    meta = {"config": config.to_json(), "format": "ecad-ray-var/1"}
+    if extra:
+        meta["training"] = json.dumps(extra)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def load_safetensors(path: str | Path, device: str | torch.device = "cpu") -> VarPipeline:
+    """A generator saved by `save_pipeline`."""
+    path = Path(path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if "config" not in meta:
+            raise UserError(f"{path}: not an ecad-ray VAR file (no config in its safetensors metadata)")
+        config = VarModelConfig.from_dict(json.loads(meta["config"]))
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    vqvae, var = build_models(config)
+    _load_strict(vqvae, {k[6:]: v for k, v in tensors.items() if k.startswith("vqvae.")}, path)
+    _load_strict(var, {k[4:]: v for k, v in tensors.items() if k.startswith("var.")}, path)
+    return VarPipeline(config, vqvae.to(device), var.to(device))
+
+
+def training_notes(path: str | Path) -> dict:
+    """The training record stored with a shipped model (empty when none)."""
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads((f.metadata() or {}).get("training", "{}"))
+
+
+def load_var_model(model: str, vae: str | None = None, device: str | torch.device = "cpu") -> VarPipeline:
+    """Resolve `--model`: `demo-var`, `random:<preset>`, a `.safetensors` file, a FoundationVision
+    `.pth` (with `vae`), or a folder holding `var_d*.pth` and `vae_*.pth`."""
+    if model == "demo-var":
+        if not DEMO_WEIGHTS.exists():
+            raise UserError(f"--model demo-var: weights {DEMO_WEIGHTS} are missing; run `ecad-ray var train`")
+        return load_safetensors(DEMO_WEIGHTS, device)
+    if model.startswith("random:"):
+        name = model.split(":", 1)[1]
+        if name not in PRESETS:
+            raise UserError(f"--model {model}: unknown preset (choose from {', '.join(PRESETS)})")
+        cfg = preset(name)
+        vqvae, var = build_models(cfg)
+        return VarPipeline(cfg, vqvae.to(device), var.to(device))
+    path = Path(model)
+    if path.is_dir():
+        var_files, vae_files = sorted(path.glob("var_d*.pth")), sorted(path.glob("vae_*.pth"))
+        if len(var_files) != 1 or (vae is None and len(vae_files) != 1):
+            raise UserError(f"--model {model}: expected one var_d*.pth and one vae_*.pth in the folder "
+                            f"(found {len(var_files)} and {len(vae_files)})")
+        return load_foundation_vision(var_files[0], vae or vae_files[0], device=device)
+    if not path.exists():
+        raise UserError(f"--model {model}: not demo-var, random:<preset>, nor an existing file or folder")
+    if path.suffix == ".safetensors":
+        return load_safetensors(path, device)
+    if path.suffix in (".pth", ".pt"):
+        if vae is None:
+            raise UserError(f"--model {model}: a FoundationVision VAR checkpoint needs --vae vae_ch160v4096z32.pth")
+        return load_foundation_vision(path, vae, device=device)
+    raise UserError(f"--model {model}: unknown file type {path.suffix!r} (.safetensors or .pth)")
+
+
+# ---- FoundationVision ------------------------------------------------------------------------
+def _read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: {what} checkpoint not found")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling errors vary by torch version
+        raise UserError(f"{path}: cannot read as a torch state dict ({type(err).__name__}: {err})") from err
+    for wrapper in ("state_dict", "model", "trainer"):
+        if isinstance(sd, dict) and wrapper in sd and isinstance(sd[wrapper], dict):
+            sd = sd[wrapper]
+    if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
+        raise UserError(f"{path}: expected a flat state dict of tensors ({what})")
+    return {re.sub(r"^(module\.|_orig_mod\.)+", "", k): v for k, v in sd.items()}
+
+
+def _count(sd: dict, prefix: str) -> int:
+    idx = {int(m.group(1)) for k in sd if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
+    return max(idx) + 1 if idx else 0
+
+
+def _need(sd: dict, key: str, path) -> torch.Tensor:
+    if key not in sd:
+        raise UserError(f"{path}: key {key!r} is missing; not a FoundationVision VAR/VQVAE layout this code supports")
+    return sd[key]
+
+
+def infer_vqvae_config(sd: dict, path, base: VQVAEConfig | None = None) -> VQVAEConfig:
+    """Tokenizer sizes read off a `vae_*.pth` state dict (GroupNorm groups come from `base`)."""
+    base = base or VQVAEConfig()
+    ch, in_ch = _need(sd, "encoder.conv_in.weight", path).shape[:2]
+    levels = _count(sd, "encoder.down.")
+    ch_mult = tuple(int(_need(sd, f"encoder.down.{i}.block.0.conv1.weight", path).shape[0]) // ch for i in range(levels))
+    return VQVAEConfig(
+        in_channels=int(in_ch), ch=int(ch), ch_mult=ch_mult,
+        num_res_blocks=_count(sd, "encoder.down.0.block."),
+        z_channels=int(_need(sd, "quant_conv.weight", path).shape[0]),
+        vocab_size=int(_need(sd, "quantize.embedding.weight", path).shape[0]),
+        num_groups=base.num_groups,
+        using_sa=f"encoder.down.{levels - 1}.attn.0.qkv.weight" in sd,
+        using_mid_sa="encoder.mid.attn_1.qkv.weight" in sd,
+        beta=base.beta, quant_resi=base.quant_resi,
+        share_quant_resi=_count(sd, "quantize.quant_resi.qresi_ls."),
+    )
+
+
+def infer_var_config(sd: dict, path, base: VARConfig | None = None) -> VARConfig:
+    """Transformer sizes read off a `var_d*.pth` state dict; scale widths from its level buffer."""
+    base = base or VARConfig()
+    n_cls, C = _need(sd, "class_emb.weight", path).shape
+    L = int(_need(sd, "pos_1LC", path).shape[1])
+    if "lvl_1L" in sd:
+        counts = torch.bincount(sd["lvl_1L"].flatten().long()).tolist()
+        patch_nums = tuple(math.isqrt(c) for c in counts)
+    elif L == sum(p * p for p in base.patch_nums):
+        patch_nums = tuple(base.patch_nums)
+    else:
+        raise UserError(f"{path}: {L} tokens per image but no lvl_1L buffer to read the scale widths from")
+    if "blocks.0.attn.scale_mul_1H11" in sd:
+        heads, l2 = int(sd["blocks.0.attn.scale_mul_1H11"].shape[1]), True
+    else:
+        heads, l2 = base.num_heads, False
+    return VARConfig(
+        depth=_count(sd, "blocks."), embed_dim=int(C), num_heads=heads,
+        mlp_ratio=int(_need(sd, "blocks.0.ffn.fc1.weight", path).shape[0]) / int(C),
+        patch_nums=patch_nums, num_classes=int(n_cls) - 1, cond="class", attn_l2_norm=l2,
+        norm_eps=base.norm_eps, class_names=base.class_names,
+    )
+
+
+def _load_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], path, ignore: tuple[str, ...] = ()) -> None:
+    """Load every tensor or raise one line naming missing / unexpected / mis-shaped keys."""
+    expected = module.state_dict()
+    sd = {k: v for k, v in sd.items() if k not in ignore}
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in sd and sd[k].shape != v.shape]
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape (file vs model)", shapes)):
+        if items:
+            more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
+            problems.append(f"{label}: {', '.join(items[:3])}{more}")
+    if problems:
+        raise UserError(f"{path}: does not match the {type(module).__name__} architecture: " + "; ".join(problems))
+    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in sd.items()}, strict=True)
+
+
+def load_foundation_vision(var_path: str | Path, vae_path: str | Path, device: str | torch.device = "cpu",
+                           base: VarModelConfig | None = None, name: str | None = None) -> VarPipeline:
+    """FoundationVision `var_d*.pth` + `vae_*.pth` into this package's architecture."""
+    base = base or VarModelConfig(name="var")
+    sd_var = _read_state_dict(var_path, "VAR transformer")
+    sd_vae = _read_state_dict(vae_path, "VQVAE tokenizer")
+    var_cfg = infer_var_config(sd_var, var_path, base.var)
+    vq_cfg = infer_vqvae_config(sd_vae, vae_path, base.vqvae)
+    if "attn_bias_for_masking" in sd_var and sd_var["attn_bias_for_masking"].shape[-1] != var_cfg.seq_len:
+        raise UserError(f"{var_path}: attn_bias_for_masking covers {sd_var['attn_bias_for_masking'].shape[-1]} "
+                        f"tokens but the scales {var_cfg.patch_nums} give {var_cfg.seq_len}")
+    Cvae = int(_need(sd_var, "word_embed.weight", var_path).shape[1])
+    V = int(_need(sd_var, "head.weight", var_path).shape[0])
+    if (Cvae, V) != (vq_cfg.z_channels, vq_cfg.vocab_size):
+        raise UserError(f"{var_path} and {vae_path} do not belong together: the transformer expects codes of width "
+                        f"{Cvae} from a {V}-entry codebook, the tokenizer has {vq_cfg.z_channels} and {vq_cfg.vocab_size}")
+    config = VarModelConfig(name=name or Path(var_path).stem, vqvae=vq_cfg, var=var_cfg, sampling=base.sampling)
+    vqvae, var = build_models(config)
+    _load_strict(vqvae, sd_vae, vae_path, _DERIVED_VAE_KEYS)
+    _load_strict(var, sd_var, var_path, _DERIVED_VAR_KEYS)
+    return VarPipeline(config, vqvae.to(device), var.to(device))
+
+
+def foundation_vision_state_dicts(pipeline: VarPipeline) -> tuple[dict, dict]:
+    """(var, vae) state dicts in FoundationVision's layout, derived buffers included (for tests/export)."""
+    sd_var = dict(pipeline.var.state_dict())
+    sd_var["lvl_1L"] = pipeline.var.lvl_1L.clone()
+    sd_var["attn_bias_for_masking"] = pipeline.var.attn_bias_for_masking.clone()
+    sd_vae = dict(pipeline.vqvae.state_dict())
+    sd_vae["quantize.ema_vocab_hit_SV"] = torch.zeros(len(pipeline.patch_nums), pipeline.config.vqvae.vocab_size)
+    return sd_var, sd_vae
+

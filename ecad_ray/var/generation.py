@@ -1,0 +1,233 @@
+"""Next-scale generation, one call per scale (step-wise) or all scales at once (one-shot).
+
+`VarPipeline.start` sets up a `GenerationState` (conditions, per-item generators, KV caches,
+the summed latent `f_hat`); `step(state, ratio)` runs one scale with the given pruning
+ratio (0 = full, (0, 1) = FastVAR pruning, >= 1 = skip); `finish(state)` decodes images.
+`generate` is the one-shot path: it asks a controller for each scale's ratio and loops.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from ecad_ray.errors import UserError
+from ecad_ray.var.config import SamplingConfig, VarModelConfig
+from ecad_ray.var.controllers import Controller, NoPruning, describe
+from ecad_ray.var.model import VAR, LayerKV, Modulations, ScalePruning
+from ecad_ray.var.pruning import default_layer_range
+from ecad_ray.var.sampling import make_generators, sample_tokens
+from ecad_ray.var.text import hash_text_embedding, prompt_to_class
+from ecad_ray.var.vqvae import VQVAE
+
+
+@dataclass
+class ScaleRecord:
+    """What happened at one scale, and its latents when intermediates are kept."""
+
+    scale_index: int
+    width: int
+    ratio: float
+    skipped: bool
+    seconds: float
+    summed_BChw: torch.Tensor | None = None  # f_hat after this scale (full latent size)
+    residual_BChw: torch.Tensor | None = None  # this scale's codes, upsampled + Phi (full size)
+    unscaled_BChw: torch.Tensor | None = None  # this scale's codes at their own width
+
+
+@dataclass
+class ScaleState:
+    """What a controller may look at before choosing the next scale's ratio."""
+
+    scale_index: int
+    num_scales: int
+    patch_nums: tuple[int, ...]
+    ratios: list[float]  # ratios used so far
+    f_hat_BChw: torch.Tensor  # summed latent so far (B, Cvae, h, w)
+
+
+@dataclass
+class GenerationState:
+    """Everything that carries over between scales of one batch."""
+
+    cond: torch.Tensor  # (B,) labels or (B, text_dim) prompt embeddings
+    cond_BD: torch.Tensor  # (2B, C): conditional rows then CFG null rows
+    mods: Modulations  # adaLN parameters of cond_BD, computed once for all scales
+    generators: list[torch.Generator]
+    f_hat_BChw: torch.Tensor
+    kvs: list[LayerKV]
+    pruning: ScalePruning
+    keep_intermediates: bool
+    scale_index: int = 0
+    records: list[ScaleRecord] = field(default_factory=list)
+
+    @property
+    def batch_size(self) -> int:
+        """Items in the batch (B)."""
+        return self.cond.shape[0]
+
+
+@dataclass
+class GenerationResult:
+    """Images in [0, 1] (B, 3, H, W), per-scale records, and where the ratios came from."""
+
+    images_B3HW: torch.Tensor
+    records: list[ScaleRecord]
+    controller: str
+    decode_seconds: float
+    summed_images: dict[int, torch.Tensor] = field(default_factory=dict)  # scale -> (B, 3, H, W) in [0, 1]
+    rescale_images: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def ratios(self) -> list[float]:
+        """Ratio used at each scale."""
+        return [r.ratio for r in self.records]
+
+    @property
+    def transformer_seconds(self) -> float:
+        """Wall time spent in the transformer and sampling over all scales."""
+        return sum(r.seconds for r in self.records)
+
+
+class VarPipeline:
+    """A tokenizer + transformer pair that generates images scale by scale."""
+
+    def __init__(self, config: VarModelConfig, vqvae: VQVAE, var: VAR, sampling: SamplingConfig | None = None,
+                 layer_range: tuple[int, int] | None = None):
+        self.config = config
+        self.vqvae = vqvae.eval()
+        self.var = var.eval()
+        self.sampling = sampling or config.sampling
+        self.layer_range = layer_range or default_layer_range(config.var.depth)
+        self.patch_nums = tuple(config.var.patch_nums)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights live."""
+        return self.var.head.weight.device
+
+    def with_sampling(self, **changes: Any) -> "VarPipeline":
+        """Same weights, other sampling settings (cfg, top_k, top_p)."""
+        return VarPipeline(self.config, self.vqvae, self.var, replace(self.sampling, **changes), self.layer_range)
+
+    # ---- conditions ---------------------------------------------------------------------
+    def conditions(self, classes: list[int] | None = None, prompts: list[str] | None = None) -> torch.Tensor:
+        """Condition tensor from class labels or prompts (a class model maps a prompt to a class)."""
+        vcfg = self.config.var
+        if vcfg.cond == "text":
+            if prompts is None:
+                raise ValueError("a text-conditional VAR needs prompts")
+            return torch.stack([hash_text_embedding(p, vcfg.text_dim) for p in prompts]).to(self.device)
+        if classes is None:
+            if prompts is None:
+                raise ValueError("give classes or prompts")
+            classes = [prompt_to_class(p, vcfg.class_names) for p in prompts]
+        bad = [c for c in classes if not 0 <= int(c) < vcfg.num_classes]
+        if bad:
+            raise UserError(f"--classes: {bad[0]} is outside 0..{vcfg.num_classes - 1} for this model")
+        return torch.tensor([int(c) for c in classes], dtype=torch.long, device=self.device)
+
+    # ---- step-wise API ------------------------------------------------------------------
+    @torch.inference_mode()
+    def start(self, cond: torch.Tensor, seeds: list[int], keep_intermediates: bool = False) -> GenerationState:
+        """Begin a batch: empty caches, zero latent, one generator per item."""
+        if len(seeds) != cond.shape[0]:
+            raise ValueError(f"{len(seeds)} seeds for {cond.shape[0]} conditions")
+        hw = self.patch_nums[-1]
+        B = cond.shape[0]
+        cond_BD = self.var.cfg_cond(cond)
+        return GenerationState(
+            cond=cond,
+            cond_BD=cond_BD,
+            mods=self.var.modulations(cond_BD),
+            generators=make_generators(seeds),
+            f_hat_BChw=torch.zeros(B, self.config.vqvae.z_channels, hw, hw, device=self.device),
+            kvs=[LayerKV() for _ in self.var.blocks],
+            pruning=ScalePruning(0.0, *self.layer_range),
+            keep_intermediates=keep_intermediates,
+        )
+
+    def scale_state(self, state: GenerationState) -> ScaleState:
+        """The controller's view of a batch before its next scale."""
+        return ScaleState(state.scale_index, len(self.patch_nums), self.patch_nums,
+                          [r.ratio for r in state.records], state.f_hat_BChw)
+
+    def done(self, state: GenerationState) -> bool:
+        """True once every scale has run or been skipped."""
+        return state.scale_index >= len(self.patch_nums)
+
+    @torch.inference_mode()
+    def step(self, state: GenerationState, ratio: float = 0.0) -> ScaleRecord:
+        """Run (or skip, ratio >= 1) the next scale; updates `state` in place."""
+        if self.done(state):
+            raise RuntimeError("all scales already generated; call finish()")
+        if ratio < 0:
+            raise ValueError(f"pruning ratio must be >= 0, got {ratio}")
+        si = state.scale_index
+        pn = self.patch_nums[si]
+        t0 = time.perf_counter()
+        if ratio >= 1:
+            record = ScaleRecord(si, pn, float(ratio), True, 0.0)
+        else:
+            record = self._run_scale(state, si, float(ratio))
+            record.seconds = time.perf_counter() - t0
+        state.records.append(record)
+        state.scale_index += 1
+        return record
+
+    def _run_scale(self, state: GenerationState, si: int, ratio: float) -> ScaleRecord:
+        B = state.batch_size
+        pn = self.patch_nums[si]
+        if si == 0:
+            x_BlC = self.var.start_tokens(state.cond_BD)
+        else:
+            x_BlC = self.var.scale_tokens(si, state.f_hat_BChw).repeat(2, 1, 1)
+        state.pruning.ratio = ratio
+        x_BlC = self.var.run_blocks(x_BlC, state.cond_BD, state.kvs, state.pruning, state.mods)
+        logits_BlV = self.var.logits(x_BlC, state.cond_BD, state.mods)
+        t = self.sampling.cfg * si / max(len(self.patch_nums) - 1, 1)  # guidance ramps up with scale
+        logits_BlV = (1 + t) * logits_BlV[:B] - t * logits_BlV[B:]
+        idx_Bl = sample_tokens(logits_BlV, state.generators, self.sampling.top_k, self.sampling.top_p)
+        quant = self.vqvae.quantize
+        residual = quant.upsampled_codes(idx_Bl, si, self.patch_nums[-1])
+        state.f_hat_BChw = state.f_hat_BChw + residual
+        record = ScaleRecord(si, pn, ratio, False, 0.0)
+        if state.keep_intermediates:
+            record.summed_BChw = state.f_hat_BChw.clone()
+            record.residual_BChw = residual
+            record.unscaled_BChw = quant.embedding(idx_Bl).transpose(1, 2).reshape(B, -1, pn, pn)
+        return record
+
+    @torch.inference_mode()
+    def finish(self, state: GenerationState, controller: str = "step-wise") -> GenerationResult:
+        """Decode the summed latent (and kept intermediates) to images in [0, 1]."""
+        if not self.done(state):
+            raise RuntimeError(f"only {state.scale_index} of {len(self.patch_nums)} scales generated")
+        t0 = time.perf_counter()
+        images = self.decode(state.f_hat_BChw)
+        decode_seconds = time.perf_counter() - t0
+        result = GenerationResult(images, state.records, controller, decode_seconds)
+        for r in state.records:
+            if r.summed_BChw is not None:
+                result.summed_images[r.scale_index] = self.decode(r.summed_BChw)
+                result.rescale_images[r.scale_index] = self.decode(r.residual_BChw)
+        return result
+
+    def decode(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
+        """Latent -> image in [0, 1]."""
+        return (self.vqvae.fhat_to_img(f_hat_BChw) + 1) / 2
+
+    # ---- one-shot -----------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(self, cond: torch.Tensor, seeds: list[int], controller: Controller | None = None,
+                 keep_intermediates: bool = False) -> GenerationResult:
+        """All scales in one call; each scale's ratio comes from `controller` (default: none)."""
+        controller = controller or NoPruning()
+        state = self.start(cond, seeds, keep_intermediates)
+        while not self.done(state):
+            ratio = controller.ratio(state.scale_index, len(self.patch_nums), self.scale_state(state))
+            self.step(state, ratio)
+        return self.finish(state, describe(controller))

@@ -1,0 +1,86 @@
+"""FastVAR-style token pruning: pivotal token selection and cached-token restoration.
+
+At a pruned scale each layer in the layer range keeps the `L - int(L * ratio)` tokens that
+lie farthest (squared distance) from the token map's mean: a cheap proxy for
+high-frequency content, which is what later scales add. The pruned positions take the same
+layer's output from the last scale it computed in full, area-interpolated to the current
+map size. A ratio >= 1 skips the scale altogether (no tokens are predicted there).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def pivotal_indices(x_BlC: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Indices (B, K) of the tokens to keep, K = l - int(l * ratio), in ascending order."""
+    B, l, C = x_BlC.shape
+    keep = l - int(l * ratio)
+    score_Bl = (x_BlC - x_BlC.mean(dim=1, keepdim=True)).pow(2).sum(dim=-1)
+    return score_Bl.topk(keep, dim=1, sorted=False).indices.sort(dim=1).values
+
+
+def restore_tokens(earlier_BChw: torch.Tensor, y_BKC: torch.Tensor, keep_idx_BK: torch.Tensor, pn: int) -> torch.Tensor:
+    """Full (B, pn², C) map: computed tokens at `keep_idx_BK`, the earlier output elsewhere."""
+    B, C = earlier_BChw.shape[:2]
+    base_BlC = F.interpolate(earlier_BChw, size=(pn, pn), mode="area").flatten(2).transpose(1, 2)
+    return base_BlC.scatter(1, keep_idx_BK.unsqueeze(-1).expand(-1, -1, C), y_BKC)
+
+
+def default_layer_range(depth: int) -> tuple[int, int]:
+    """FastVAR prunes layers 3..end of a 32-layer model; keep the same share of early layers."""
+    return (depth * 3) // 32, depth
+
+
+def computed_tokens(patch_nums: tuple[int, ...], depth: int, ratios: list[float],
+                    layer_range: tuple[int, int]) -> list[list[int]]:
+    """Tokens each layer computes at each scale ([scale][layer]), mirroring `VAR.run_blocks`.
+
+    A layer in the range prunes once it has a full output to restore from; a skipped scale
+    computes nothing. The sum over scales is each layer's KV-cache length at the end.
+    """
+    start, end = layer_range
+    ever_full = [False] * depth
+    out = []
+    for pn, r in zip(patch_nums, ratios):
+        l = pn * pn
+        if r >= 1:
+            out.append([0] * depth)
+            continue
+        row = []
+        for li in range(depth):
+            in_range = start <= li < end
+            if in_range and int(l * r) > 0 and ever_full[li]:
+                row.append(l - int(l * r))
+            else:
+                row.append(l)
+                ever_full[li] = ever_full[li] or in_range
+        out.append(row)
+    return out
+
+
+def transformer_flops(var_cfg, vocab_size: int, cvae: int, ratios: list[float],
+                      layer_range: tuple[int, int] | None = None, cfg_rows: int = 2) -> list[float]:
+    """Multiply-add FLOPs (2 per MAC) per scale for one image, following what `run_blocks` does.
+
+    Counts qkv/proj/FFN/attention per layer on the tokens it computes, against the keys it
+    sees, plus the word embedding and the vocabulary head on all of the scale's tokens.
+    `cfg_rows=2` counts CFG's doubled batch. A skipped scale (ratio >= 1) costs 0.
+    """
+    C, depth = var_cfg.embed_dim, var_cfg.depth
+    hidden = round(C * var_cfg.mlp_ratio)
+    tokens = computed_tokens(var_cfg.patch_nums, depth, ratios, layer_range or default_layer_range(depth))
+    kv_len = [0] * depth
+    out = []
+    for pn, row in zip(var_cfg.patch_nums, tokens):
+        if not any(row):
+            out.append(0.0)
+            continue
+        l = pn * pn
+        macs = l * cvae * C + l * C * vocab_size  # word embedding + head
+        for li, n in enumerate(row):
+            kv_len[li] += n
+            macs += n * (4 * C * C + 2 * C * hidden) + 2 * n * kv_len[li] * C
+        out.append(2.0 * macs * cfg_rows)
+    return out

@@ -1,0 +1,188 @@
+"""One `var generate` run without Ray specifics: which items to make, how to make a batch of
+them, and the run-level files. The Ray plan (`actors.var_plan`) calls these; so can a plain loop.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ecad_ray.errors import UserError
+from ecad_ray.var.controllers import Controller, describe, make_controller
+from ecad_ray.var.generation import VarPipeline
+from ecad_ray.var.outputs import item_files, item_name, write_json
+from ecad_ray.var.pruning import transformer_flops
+
+ROW_COLUMNS = {
+    "index": "position of the item in the run (int)",
+    "item_name": "folder name of the item's outputs (str)",
+    "class_label": "class label, -1 when the item is prompted (int)",
+    "prompt": "prompt text, '' when the item is class-conditioned (str)",
+    "seed": "seed of the item's own random generator (int)",
+}
+
+
+@dataclass(frozen=True)
+class VarRunOptions:
+    """Everything that decides what a `var generate` run produces (recorded in config_all.json)."""
+
+    model: str = "demo-var"  # demo-var | random:<preset> | .safetensors | FoundationVision .pth / folder
+    vae: str | None = None  # FoundationVision tokenizer checkpoint when `model` is a .pth
+    controller: str = "none"  # none | default (seed tail pattern) | "width:ratio,..."
+    cfg: float | None = None  # CFG scale override (None = the model's default)
+    top_k: int | None = None  # top-k override
+    top_p: float | None = None  # top-p override
+    prune_layers: tuple[int, int] | None = None  # [start, end) layers that prune; None = FastVAR's share
+    save_intermediates: bool = False  # summed_codes/ and rescale_codes/ PNGs per scale
+    spectra: bool = False  # DFT spectra .npy per scale
+    device: str = "cpu"  # torch device of the generator
+    threads: int = 1  # torch threads per generator process
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def parse_layer_range(text: str | None, option: str = "--prune-layers") -> tuple[int, int] | None:
+    """`"3:28"` -> (3, 28); None/'' -> None."""
+    if not text:
+        return None
+    try:
+        a, b = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise UserError(f"{option} {text!r}: expected start:end layer indices, e.g. 3:28") from None
+    if not 0 <= a < b:
+        raise UserError(f"{option} {text!r}: need 0 <= start < end")
+    return a, b
+
+
+def build_rows(classes: list[int] | None, prompts: list[str] | None, images_per_condition: int = 1,
+               seed: int = 0) -> list[dict[str, Any]]:
+    """One row per (condition, image): seeds run from `seed` for each condition."""
+    if bool(classes) == bool(prompts):
+        raise UserError("--classes / --prompt-file: give exactly one of them")
+    if images_per_condition < 1:
+        raise UserError("--images-per-condition: must be >= 1")
+    rows = []
+    conds = [(int(c), "") for c in classes] if classes else [(-1, p) for p in prompts]
+    for ci, (label, prompt) in enumerate(conds):
+        for k in range(images_per_condition):
+            i = len(rows)
+            s = seed + k
+            rows.append({"index": i, "item_name": item_name(i, s, label if label >= 0 else None, f"{ci:03d}"),
+                         "class_label": label, "prompt": prompt, "seed": s})
+    return rows
+
+
+def read_prompt_file(path: str | Path) -> list[str]:
+    """Prompts from a text file (one per line) or JSON ({id: {"prompt": ...}} or a list)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"--prompt-file {path}: not found")
+    text = path.read_text()
+    if path.suffix == ".json":
+        data = json.loads(text)
+        prompts = [v["prompt"] if isinstance(v, dict) else v for v in (data.values() if isinstance(data, dict) else data)]
+    else:
+        prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    if not prompts:
+        raise UserError(f"--prompt-file {path}: no prompts in it")
+    return [str(p) for p in prompts]
+
+
+@dataclass
+class BatchGenerator:
+    """Loads the generator once and turns batches of rows into item files + configs."""
+
+    options: VarRunOptions
+    pipeline: VarPipeline = field(init=False)
+    controller: Controller = field(init=False)
+
+    def __post_init__(self) -> None:
+        from ecad_ray.var.checkpoints import load_var_model
+
+        torch.set_num_threads(self.options.threads)
+        pipe = load_var_model(self.options.model, self.options.vae, self.options.device)
+        changes = {k: v for k, v in (("cfg", self.options.cfg), ("top_k", self.options.top_k),
+                                     ("top_p", self.options.top_p)) if v is not None}
+        if changes:
+            pipe = pipe.with_sampling(**changes)
+        if self.options.prune_layers:
+            end = self.options.prune_layers[1]
+            if end > pipe.config.var.depth:
+                raise UserError(f"--prune-layers: end {end} is past the model's {pipe.config.var.depth} layers")
+            pipe.layer_range = self.options.prune_layers
+        self.pipeline = pipe
+        self.controller = make_controller(self.options.controller, pipe.patch_nums)
+
+    def __call__(self, rows: list[dict[str, Any]]) -> list[tuple[str, dict[str, bytes], dict[str, Any]]]:
+        """(item_name, files, config) for each row, generated as one batch."""
+        pipe = self.pipeline
+        labels = [int(r["class_label"]) for r in rows]
+        if all(lbl >= 0 for lbl in labels):
+            cond = pipe.conditions(classes=labels)
+        elif all(lbl < 0 for lbl in labels):
+            cond = pipe.conditions(prompts=[str(r["prompt"]) for r in rows])
+        else:
+            raise ValueError("a batch mixes class and prompt rows")
+        seeds = [int(r["seed"]) for r in rows]
+        keep = self.options.save_intermediates or self.options.spectra
+        t0 = time.perf_counter()
+        result = pipe.generate(cond, seeds, self.controller, keep_intermediates=keep)
+        wall = time.perf_counter() - t0
+        vq, vcfg = pipe.config.vqvae, pipe.config.var
+        flops = transformer_flops(vcfg, vq.vocab_size, vq.z_channels, result.ratios, pipe.layer_range)
+        flops_full = transformer_flops(vcfg, vq.vocab_size, vq.z_channels, [0.0] * len(pipe.patch_nums), pipe.layer_range)
+        out = []
+        for b, row in enumerate(rows):
+            files = item_files(result, b, self.options.save_intermediates, self.options.spectra)
+            config = {
+                "item_name": row["item_name"], "model": self.options.model, "model_config": pipe.config.name,
+                "class_label": labels[b] if labels[b] >= 0 else None, "prompt": row["prompt"] or None,
+                "condition": int(cond[b]) if cond.ndim == 1 else None, "seed": seeds[b],
+                "controller": describe(self.controller), "widths": list(pipe.patch_nums),
+                "ratios": result.ratios, "skipped_widths": [r.width for r in result.records if r.skipped],
+                "prune_layers": list(pipe.layer_range), "sampling": asdict(pipe.sampling),
+                "transformer_gflops": sum(flops) / 1e9, "transformer_gflops_unpruned": sum(flops_full) / 1e9,
+                "batch_size": len(rows), "batch_seconds": wall, "transformer_seconds": result.transformer_seconds,
+                "decode_seconds": result.decode_seconds,
+                # generation proper: all scales + the final decode, without intermediates/spectra work
+                "seconds_per_image": (result.transformer_seconds + result.decode_seconds) / len(rows),
+            }
+            out.append((row["item_name"], files, config))
+        return out
+
+
+def write_run_files(out_dir: str | Path, options: VarRunOptions, configs: list[dict[str, Any]], wall_seconds: float,
+                    extra: dict[str, Any] | None = None) -> None:
+    """`config_all.json` (options + every item's config) and `metadata.json` (prompts for eval)."""
+    out_dir = Path(out_dir)
+    configs = sorted(configs, key=lambda c: c["item_name"])
+    write_json(out_dir / "config_all.json", {
+        "options": options.to_dict(), "num_items": len(configs), "wall_seconds": wall_seconds,
+        **(extra or {}), "items": configs})
+    write_json(out_dir / "metadata.json", {
+        c["item_name"]: {"prompt": c["prompt"], "class": c["class_label"], "seed": c["seed"]} for c in configs})
+
+
+def generate_local(rows: list[dict[str, Any]], options: VarRunOptions, output_dir: str | Path,
+                   batch_size: int = 8) -> list[dict[str, Any]]:
+    """The same run as the Ray plan, in this process (for tests, benchmarks and debugging)."""
+    from ecad_ray.var.outputs import write_item
+
+    t0 = time.perf_counter()
+    generate = BatchGenerator(options)
+    configs = []
+    for kind in (True, False):  # class rows, then prompt rows
+        part = [r for r in rows if (int(r["class_label"]) >= 0) == kind]
+        for i in range(0, len(part), batch_size):
+            for name, files, config in generate(part[i:i + batch_size]):
+                write_item(output_dir, name, files, config)
+                configs.append(config)
+    write_run_files(output_dir, options, configs, time.perf_counter() - t0, {"batch_size": batch_size, "ray": False})
+    return configs

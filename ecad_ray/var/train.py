@@ -1,0 +1,145 @@
+"""Train the `demo-var` digits model on a CPU: tokenizer first, then the transformer.
+
+Data: scikit-learn's bundled 8x8 digits (1,797 images, no download), upscaled to 16x16
+RGB in [-1, 1], labels 0-9. Stage 1 fits the multi-scale residual VQ tokenizer
+(reconstruction MSE + VQ loss); stage 2 encodes every image to its token maps once and fits
+the transformer with teacher forcing (cross-entropy over all scales, 10% of labels dropped
+to the null class so CFG works). About 15-25 minutes on one shared CPU core.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ecad_ray.var.checkpoints import build_models, save_pipeline
+from ecad_ray.var.config import VarModelConfig, demo_config
+from ecad_ray.var.model import VAR
+from ecad_ray.var.vqvae import VQVAE
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training budget and optimiser settings for the digits demo."""
+
+    vq_steps: int = 400  # tokenizer updates (batch `batch_size`)
+    var_steps: int = 800  # transformer updates
+    batch_size: int = 48  # images per update
+    vq_lr: float = 2e-3  # Adam learning rate for the tokenizer
+    var_lr: float = 1e-3  # AdamW learning rate for the transformer (cosine decay after warmup)
+    warmup: int = 50  # linear warmup updates for both stages
+    label_drop: float = 0.1  # share of labels replaced by the null class (trains CFG's branch)
+    label_smoothing: float = 0.1  # VAR's cross-entropy smoothing
+    seed: int = 0  # data order and initial weights
+    threads: int = 1  # torch threads (the machine is shared)
+    num_images: int = 0  # use only the first N digits (0 = all 1,797); for quick checks
+
+
+def digits_dataset(image_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 3, S, S) images in [-1, 1] and (N,) labels from sklearn's bundled digits."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # N,1,8,8 in [0,1]
+    x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False).clamp(0, 1)
+    return (x * 2 - 1).expand(-1, 3, -1, -1).contiguous(), torch.tensor(d.target, dtype=torch.long)
+
+
+def _lr(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+
+
+def train_vqvae(vqvae: VQVAE, images: torch.Tensor, tc: TrainConfig, log: Callable[[str], None]) -> float:
+    """Fit the tokenizer; returns the final reconstruction MSE over the whole set."""
+    g = torch.Generator().manual_seed(tc.seed)
+    opt = torch.optim.Adam(vqvae.parameters(), lr=tc.vq_lr)
+    vqvae.train()
+    for step in range(tc.vq_steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, tc.vq_steps, tc.vq_lr, tc.warmup)
+        batch = images[torch.randint(len(images), (tc.batch_size,), generator=g)]
+        recon, vq_loss = vqvae(batch)
+        rec_loss = F.mse_loss(recon, batch)
+        loss = rec_loss + vq_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step == tc.vq_steps - 1:
+            log(f"vq step {step:4d} rec_mse {rec_loss.item():.4f} vq {vq_loss.item():.4f}")
+    vqvae.eval()
+    with torch.no_grad():
+        mse = sum(F.mse_loss(vqvae.fhat_to_img(_fhat(vqvae, images[i:i + 256])), images[i:i + 256], reduction="sum").item()
+                  for i in range(0, len(images), 256)) / images.numel()
+    return mse
+
+
+def _fhat(vqvae: VQVAE, images: torch.Tensor) -> torch.Tensor:
+    idx = vqvae.img_to_idx(images)
+    hw = vqvae.quantize.patch_nums[-1]
+    return sum(vqvae.quantize.upsampled_codes(i, si, hw) for si, i in enumerate(idx))
+
+
+def train_var(var: VAR, vqvae: VQVAE, images: torch.Tensor, labels: torch.Tensor, tc: TrainConfig,
+              log: Callable[[str], None]) -> float:
+    """Fit the transformer on the frozen tokenizer's codes; returns the last logged loss."""
+    with torch.no_grad():
+        idx_parts = [vqvae.img_to_idx(images[i:i + 256]) for i in range(0, len(images), 256)]
+        idx_per_scale = [torch.cat([p[s] for p in idx_parts]) for s in range(len(idx_parts[0]))]
+        target_BL = torch.cat(idx_per_scale, dim=1)
+        inputs = torch.cat([vqvae.quantize.teacher_inputs([p[i:i + 256] for p in idx_per_scale])
+                            for i in range(0, len(images), 256)])
+    g = torch.Generator().manual_seed(tc.seed + 1)
+    opt = torch.optim.AdamW(var.parameters(), lr=tc.var_lr, weight_decay=0.05, betas=(0.9, 0.95))
+    var.train()
+    loss_val = float("nan")
+    for step in range(tc.var_steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, tc.var_steps, tc.var_lr, tc.warmup)
+        pick = torch.randint(len(images), (tc.batch_size,), generator=g)
+        drop = torch.rand(tc.batch_size, generator=g) < tc.label_drop
+        cond_BD = var.cond_embed(labels[pick], drop)
+        logits_BLV = var(cond_BD, inputs[pick])
+        loss = F.cross_entropy(logits_BLV.flatten(0, 1), target_BL[pick].flatten(), label_smoothing=tc.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(var.parameters(), 2.0)
+        opt.step()
+        if step % 50 == 0 or step == tc.var_steps - 1:
+            loss_val = loss.item()
+            log(f"var step {step:4d} loss {loss_val:.4f}")
+    var.eval()
+    return loss_val
+
+
+def train_demo(out: str | Path, config: VarModelConfig | None = None, tc: TrainConfig | None = None,
+               log: Callable[[str], None] = print) -> dict:
+    """Train tokenizer + transformer on digits and save a safetensors generator at `out`."""
+    config = config or demo_config()
+    tc = tc or TrainConfig()
+    torch.set_num_threads(tc.threads)
+    t0 = time.time()
+    images, labels = digits_dataset(config.image_size)
+    if tc.num_images:
+        images, labels = images[:tc.num_images], labels[:tc.num_images]
+    vqvae, var = build_models(config, seed=tc.seed, for_training=True)
+    log(f"data {tuple(images.shape)}; vqvae {sum(p.numel() for p in vqvae.parameters()) / 1e6:.2f}M params, "
+        f"var {sum(p.numel() for p in var.parameters()) / 1e6:.2f}M params")
+    rec_mse = train_vqvae(vqvae, images, tc, log)
+    t_vq = time.time() - t0
+    log(f"tokenizer done in {t_vq:.0f}s, reconstruction MSE (in [-1,1]) {rec_mse:.4f}")
+    for p in vqvae.parameters():
+        p.requires_grad_(False)
+    final_loss = train_var(var, vqvae, images, labels, tc, log)
+    notes = {"dataset": "sklearn load_digits, 16x16 RGB", "train_config": asdict(tc), "vq_recon_mse": rec_mse,
+             "var_final_loss": final_loss, "seconds_tokenizer": round(t_vq), "seconds_total": round(time.time() - t0)}
+    save_pipeline(out, config, vqvae, var, extra=notes)
+    log(f"saved {out} after {notes['seconds_total']}s")
+    return notes

@@ -1,0 +1,64 @@
+"""`ecad-ray benchmark`: one embeddings store × every schedule in a folder (ECAD's generate_images)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ecad_ray.config import GenerateConfig
+
+
+def benchmark(
+    input_embeddings: Annotated[Path, typer.Option(help="Embeddings store (from generate or embed) whose prompts to draw.")],
+    schedule_dir: Annotated[Path, typer.Option(help="Folder of ECAD schedule JSON files (searched recursively).")],
+    output_dir: Annotated[Path, typer.Option(help="Writes <output-dir>/<schedule-name>/ per schedule + results.parquet.")],
+    model: Annotated[str, typer.Option(help="The model the embeddings were made with.")] = "demo",
+    num_images_per_prompt: Annotated[int, typer.Option(help="Images per prompt.")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Images per generation call on one worker.")] = 4,
+    guidance_scale: Annotated[Optional[float], typer.Option(help="Guidance scale (default: the model's).")] = None,
+    negative_prompt: Annotated[str, typer.Option(help="Negative prompt the embeddings were made with.")] = "",
+    start_seed: Annotated[int, typer.Option(help="Seed of each prompt's first image.")] = 0,
+    seed_step: Annotated[int, typer.Option(help="Seed increment between a prompt's images.")] = 1,
+    num_workers: Annotated[int, typer.Option(help="Generation actors (one GPU each when GPUs exist).")] = 1,
+    threads_per_worker: Annotated[int, typer.Option(help="Torch threads per actor on CPU.")] = 1,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster to join ('auto' or HOST:PORT).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Regenerate images that already exist.")] = False,
+) -> None:
+    """Generate the same prompts and seeds under every schedule in --schedule-dir."""
+    base = GenerateConfig(
+        model=model,
+        output_dir=str(output_dir),
+        input_embeddings=str(input_embeddings),
+        num_images_per_prompt=num_images_per_prompt,
+        batch_size=batch_size,
+        guidance_scale=guidance_scale,
+        negative_prompt=negative_prompt,
+        start_seed=start_seed,
+        seed_step=seed_step,
+        num_workers=num_workers,
+        threads_per_worker=threads_per_worker,
+        address=address,
+        device=device,
+        dtype=dtype,
+        overwrite=overwrite,
+    )
+    run(base, str(schedule_dir))
+
+
+def run(base: GenerateConfig, schedule_dir: str) -> None:
+    """Run every schedule and print one line per schedule (patched in CLI tests)."""
+    from actors.plan import run_benchmark
+
+    for summary in run_benchmark(base, schedule_dir):
+        typer.echo(f"{Path(summary.output_dir).name}: {summary.new_images} new, {summary.kept_images} kept, "
+                   f"{summary.seconds:.1f} s")
+    typer.echo(f"table: {Path(base.output_dir) / 'results.parquet'}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `benchmark` to the root app."""
+    app.command("benchmark")(benchmark)

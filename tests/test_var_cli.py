@@ -1,0 +1,125 @@
+"""`ecad-ray var ...`: options reach the plan exactly; one real Ray run on a random tiny model,
+then spectra plots and the Original-vs-pruned evaluation on its outputs; one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import ecad_ray  # noqa: F401
+from ecad_ray.var.run import VarRunOptions, build_rows, generate_local
+from ecad_ray_cli import var as var_cli
+from ecad_ray_cli.main import app
+
+runner = CliRunner()
+
+
+def test_generate_passes_exact_options(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_launch(rows, options, output_dir, num_actors, batch_size):
+        seen.update(rows=rows, options=options, output_dir=output_dir, num_actors=num_actors, batch_size=batch_size)
+        return [{"seconds_per_image": 0.5}]
+
+    monkeypatch.setattr(var_cli, "launch_generate", fake_launch)
+    result = runner.invoke(app, ["var", "generate", "--model", "random:tiny", "--classes", "3,5",
+                                 "--images-per-condition", "2", "--seed", "10", "--pruning-scales", "3:0.5,4:1.0",
+                                 "--prune-layers", "1:2", "--cfg", "1.5", "--save-intermediates",
+                                 "-o", str(tmp_path), "--num-actors", "2", "--batch-size", "3"])
+    assert result.exit_code == 0, result.output
+    assert seen["options"] == VarRunOptions(model="random:tiny", controller="3:0.5,4:1.0", cfg=1.5,
+                                            prune_layers=(1, 2), save_intermediates=True)
+    assert [(r["class_label"], r["seed"]) for r in seen["rows"]] == [(3, 10), (3, 11), (5, 10), (5, 11)]
+    assert seen["rows"][1]["item_name"] == "0001__class:3__seed:011"
+    assert (seen["num_actors"], seen["batch_size"]) == (2, 3)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--classes", "1", "--pruning-scales", "5:0.5"], "--pruning-scales '5:0.5': width 5 is not a scale"),
+    (["--classes", "1", "--controller", "fast"], "--controller fast: choose default or none"),
+    (["--classes", "1", "--controller", "default", "--pruning-scales", "4:1"], "give one of them"),
+    (["--classes", "12"], "--classes: 12 is outside 0..9"),
+    (["--classes", "1", "--prune-layers", "0:9"], "--prune-layers: end 9 is past"),
+])
+def test_bad_input_is_one_line(tmp_path, monkeypatch, capsys, args, message):
+    from ecad_ray_cli.main import main
+
+    monkeypatch.setattr(var_cli, "launch_generate", lambda *a: pytest.fail("must fail before launching Ray"))
+    monkeypatch.setattr(sys, "argv", ["ecad-ray", "var", "generate", "--model", "random:tiny",
+                                      "-o", str(tmp_path / "o"), *args])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and message in err
+
+
+def test_module_entry_point_reports_missing_weights_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "ecad_ray_cli", "var", "generate", "--model",
+                           str(tmp_path / "var_d16.pth"), "--classes", "1", "-o", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [f"error: --model {tmp_path / 'var_d16.pth'}: not demo-var, "
+                                                "random:<preset>, nor an existing file or folder"]
+
+
+def test_end_to_end_generate_spectra_eval(tmp_path):
+    orig, fast = tmp_path / "orig", tmp_path / "fast"
+    # the unpruned reference in-process (same code path minus Ray), the pruned run through Ray Data
+    generate_local(build_rows([1, 4], None, 1, 0), VarRunOptions(model="random:tiny"), orig, batch_size=4)
+    result = runner.invoke(app, ["var", "generate", "--model", "random:tiny", "--classes", "1,4",
+                                 "-o", str(fast), "--batch-size", "3",
+                                 "--pruning-scales", "3:0.5,4:1.0", "--save-intermediates", "--spectra"])
+    assert result.exit_code == 0, result.output
+    item = fast / "0001__class:4__seed:000"
+    cfg = json.loads((item / "config.json").read_text())
+    assert cfg["ratios"] == [0, 0, 0.5, 1.0] and cfg["skipped_widths"] == [4] and cfg["seed"] == 0
+    assert cfg["transformer_gflops"] < cfg["transformer_gflops_unpruned"]
+    # intermediates only for computed scales (width 4 was skipped)
+    assert sorted(p.name for p in (item / "summed_codes").iterdir()) == ["scale00_w1.png", "scale01_w2.png", "scale02_w3.png"]
+    assert len(list((item / "rescale_codes").iterdir())) == 3
+    assert len(list((item / "spectra").glob("*.npy"))) == 3 * 5
+    run = json.loads((fast / "config_all.json").read_text())
+    assert run["num_items"] == 2 and run["options"]["controller"] == "3:0.5,4:1.0"
+    assert not (orig / "0000__class:1__seed:000" / "summed_codes").exists()
+    assert (orig / "0001__class:4__seed:000" / "image.png").read_bytes() != (item / "image.png").read_bytes()
+    assert json.loads((orig / "metadata.json").read_text())["0001__class:4__seed:000"] == {
+        "prompt": None, "class": 4, "seed": 0}
+
+    result = runner.invoke(app, ["var", "spectra", str(fast)])
+    assert result.exit_code == 0, result.output
+    assert len(list((fast / "spectra_plots").glob("*.png"))) == 2 * 2  # items x (pixel, latent)
+
+    result = runner.invoke(app, ["var", "eval", "--orig", str(orig), "--fast", str(fast), "--rl", str(orig),
+                                 "--lpips-random-backbone", "--output", str(tmp_path / "ev.parquet")])
+    assert result.exit_code == 0, result.output
+    df = pd.read_parquet(tmp_path / "ev.parquet")
+    assert len(df) == 4 and set(df["set"]) == {"fast", "rl"}
+    rl, fst = df[df["set"] == "rl"], df[df["set"] == "fast"]
+    assert (rl["psnr"] == float("inf")).all() and (rl["lpips"].abs() < 1e-6).all() and (rl["ssim"] > 0.999).all()
+    assert (fst["lpips"] > 0).all() and (fst["psnr"] < 60).all()
+    assert df["clip_score"].isna().all()  # class-conditioned: no text prompts
+    assert "fast" in result.output and "speedup" in result.output
+
+
+def test_train_command_runs_a_short_training(tmp_path, monkeypatch):
+    from ecad_ray.var import train as train_mod
+
+    seen = {}
+    real = train_mod.train_demo
+
+    def short(out, tc=None, log=print, config=None):
+        seen["tc"] = tc
+        return real(out, tc=train_mod.TrainConfig(vq_steps=2, var_steps=2, batch_size=8, warmup=1, num_images=32), log=log)
+
+    monkeypatch.setattr(train_mod, "train_demo", short)
+    out = tmp_path / "m.safetensors"
+    result = runner.invoke(app, ["var", "train", "--output", str(out), "--var-steps", "5"])
+    assert result.exit_code == 0, result.output
+    assert seen["tc"] == train_mod.TrainConfig(vq_steps=400, var_steps=5, batch_size=48, warmup=5)
+    from ecad_ray.var import load_var_model
+
+    assert load_var_model(str(out)).config.name == "demo-var"
