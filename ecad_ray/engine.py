@@ -11,6 +11,7 @@ import logging
 import numpy as np
 import torch
 
+from ecad_ray.batch_invariance import pad_small_linears
 from ecad_ray.config import ImageSettings
 from ecad_ray.families import encode_prompts, family_of, generate_images
 from ecad_ray.models.loading import load_pipeline, resolve_device, resolve_dtype
@@ -28,6 +29,9 @@ class TextEncoder:
         self.family = family_of(spec.family)
         dev = resolve_device(device)
         self.pipe = load_pipeline(spec, dev, resolve_dtype(dtype, spec, dev), part="text")
+        for name in ("text_encoder", "text_encoder_2"):  # FLUX has two
+            if getattr(self.pipe, name, None) is not None:
+                pad_small_linears(getattr(self.pipe, name))
 
     def __call__(self, prompts: list[str], negative_prompts: list[str]) -> dict[str, torch.Tensor]:
         """Embeddings for each prompt (batch dimension first), on the CPU."""
@@ -51,6 +55,7 @@ class ImageGenerator:
         self.family = family_of(spec.family)
         dev = resolve_device(device)
         self.pipe = load_pipeline(spec, dev, resolve_dtype(dtype, spec, dev), part="denoise")
+        pad_small_linears(self.pipe.transformer)  # pixels must not depend on the batch
         self.schedule = None
         self.cache = None
         self.warmed_up = False
