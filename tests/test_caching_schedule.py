@@ -17,6 +17,8 @@ from ecad_ray.caching.baselines import (
 from ecad_ray.caching.spec import resolve_spec
 from ecad_ray.errors import UserError
 
+DEMO_LAST = resolve_spec("demo").num_blocks - 1  # the demo model's last block index
+
 SHARED = Path("/work/shared/ecad-schedules")  # where the project received ECAD's files
 REPO = Path(__file__).resolve().parents[1] / "schedules"
 ECAD = REPO  # the repo's copy, same layout
@@ -66,9 +68,9 @@ def _edited(tmp_path, edit, source="schedules/demo/default.json"):
      'x.json: step "003" block "2": missing component "ff"'),
     (lambda d: d["cache_schedule"]["schedule"]["007"].pop("1"), 'x.json: step "007" block "1": missing'),
     (lambda d: d["cache_schedule"]["schedule"]["007"].update({"9": {"attn1": True, "attn2": True, "ff": True}}),
-     'x.json: step "007" block "9": unknown block (model blocks: "0".."3")'),
+     f'x.json: step "007" block "9": unknown block (model blocks: "0".."{DEMO_LAST}")'),
     (lambda d: d["cache_schedule"]["schedule"].pop("019"), 'x.json: step "019": missing (num_inference_steps is 20)'),
-    (lambda d: d["cache_schedule"].update(num_blocks=28), "x.json: cache_schedule.num_blocks: 28, but the model has 4 blocks"),
+    (lambda d: d["cache_schedule"].update(num_blocks=28), f"x.json: cache_schedule.num_blocks: 28, but the model has {DEMO_LAST + 1} blocks"),
     (lambda d: d["cache_schedule"]["schedule"]["000"]["0"].update(
         custom_compute_attn={"name": "compute_attn_magic", "kwargs": {}}),
      'x.json: step "000" block "0" "custom_compute_attn": unknown custom compute "compute_attn_magic"'),
@@ -151,10 +153,11 @@ def test_default_and_other_baselines_fit_their_model():
     assert all(all(e.values()) for blocks in _bits(ecad_default).values() for e in blocks.values())
     every = every_schedule(spec, 20, {"attn1": 2, "ff": 4})
     assert [every.recompute(s, "0", "ff") for s in range(5)] == [True, False, False, False, True]
-    assert all(every.recompute(s, "3", "attn2") for s in range(20))
+    last = str(DEMO_LAST)
+    assert all(every.recompute(s, last, "attn2") for s in range(20))
     delta = delta_dit_schedule(spec, 20, num_cached_blocks=1, boundary_step=10, interval=5)
-    assert not delta.recompute(1, "3", "attn1") and delta.recompute(1, "0", "attn1")
-    assert not delta.recompute(11, "0", "ff") and delta.recompute(11, "3", "ff") and delta.recompute(15, "0", "ff")
+    assert not delta.recompute(1, last, "attn1") and delta.recompute(1, "0", "attn1")
+    assert not delta.recompute(11, "0", "ff") and delta.recompute(11, last, "ff") and delta.recompute(15, "0", "ff")
     for schedule in (every, delta):
         validate_schedule(schedule, spec)
 
