@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from actors.generation import GeneratorStage, TextEncoderStage
-from actors.writer import result_record, write_images
+from actors.writer import ImageWriterStage, result_record
 from actors.metrics import MetricsStage
 from ecad_ray.config import GenerateConfig
 from ecad_ray.embeddings import EmbeddingStore
@@ -167,9 +167,10 @@ def stream_plan(plan: RunPlan):
             num_gpus=0 if not gpu else 0.1,
         )
     ds = ds.map_batches(
-        write_images,
-        fn_kwargs=dict(output_dir=str(plan.output_dir), settings=settings),
+        ImageWriterStage,
+        fn_constructor_kwargs=dict(output_dir=str(plan.output_dir), settings=settings),
         batch_size=cfg.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=1),
         num_cpus=0.25,
     )
     yield from ds.iter_batches(batch_size=None, batch_format="numpy")

@@ -13,7 +13,8 @@ from ecad_ray.records import image_name, write_png
 class ImageWriterStage(Stage):
     """Write each image as a PNG (atomically, with its result row inside) and drop the pixels.
 
-    Stateless, so Ray runs it as tasks on pooled workers (no actor start-up per run).
+    An actor (pool of one), so its process starts while the models load instead of after the
+    first images arrive (a task worker would start then, costing seconds of first-image time).
     """
 
     consumes = {
@@ -24,24 +25,23 @@ class ImageWriterStage(Stage):
     }
     produces = {"image_path": "PNG path relative to the run folder"}
 
-    def __call__(self, batch: dict, output_dir: str, settings: dict) -> dict:
+    def __init__(self, output_dir: str, settings: dict):
+        self.output_dir = Path(output_dir)
+        self.settings = settings
+
+    def __call__(self, batch: dict) -> dict:
         n = self.check(batch)
-        images_dir = Path(output_dir) / "images"
+        images_dir = self.output_dir / "images"
         images_dir.mkdir(parents=True, exist_ok=True)
         paths = []
         for i in range(n):
             name = image_name(int(batch["prompt_index"][i]), str(batch["prompt_id"][i]), int(batch["seed"][i]))
-            record = result_record(batch, i, settings, f"images/{name}")
+            record = result_record(batch, i, self.settings, f"images/{name}")
             write_png(np.asarray(batch["image"][i]), images_dir / name, record)
             paths.append(record["image_path"])
         out = {k: v for k, v in batch.items() if k != "image"}
         out["image_path"] = np.array(paths, dtype=object)
         return out
-
-
-def write_images(batch: dict, output_dir: str, settings: dict) -> dict:
-    """Task-form of `ImageWriterStage` for `map_batches`."""
-    return ImageWriterStage()(batch, output_dir, settings)
 
 
 def result_record(batch: dict, i: int, settings: dict, image_path: str) -> dict:
