@@ -4,8 +4,8 @@ The library layer: torch / diffusers / pyarrow code, importable and testable wit
 cluster. It knows nothing of Ray actors (those live in the top-level `actors` package).
 """
 
-from ecad_ray._compat import patch_torchvision_ops
+from ecad_ray._compat import install_patch_hook
 
-patch_torchvision_ops()
+install_patch_hook()
 
 __version__ = "0.1.0"

@@ -11,6 +11,7 @@ own extension must be the one to define the namespace.
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.util
 import sys
 from pathlib import Path
@@ -35,6 +36,31 @@ def _torchvision_ops_unloadable() -> bool:
     except (OSError, RuntimeError):
         return True
     return not torch._C._dispatch_has_kernel_for_dispatch_key("torchvision::nms", "CPU")
+
+
+class _PatchBeforeTorchvision(importlib.abc.MetaPathFinder):
+    """Runs `patch_torchvision_ops` the first time anything looks for torchvision, then leaves.
+
+    Lazy on purpose: checking torchvision means importing torch (~1.5 s), which processes that
+    never touch a model (the CLI's --help, the PNG writer actor) should not pay for.
+    transformers looks torchvision up with `find_spec` before importing it, so the patch
+    still lands first.
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torchvision":
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
+            patch_torchvision_ops()
+        return None  # the regular finders do the finding
+
+
+def install_patch_hook() -> None:
+    """Arrange for `patch_torchvision_ops` to run just before torchvision is first looked up."""
+    if "torchvision" in sys.modules or _LIBS:
+        return
+    if not any(isinstance(f, _PatchBeforeTorchvision) for f in sys.meta_path):
+        sys.meta_path.insert(0, _PatchBeforeTorchvision())
 
 
 def patch_torchvision_ops() -> None:
