@@ -16,18 +16,24 @@ demo_app = typer.Typer(help="The built-in demo model: train it, score what it ge
 def train(
     out: Annotated[Path | None, typer.Option(help="Folder for weights.safetensors and judge.safetensors "
                                              "(default: the package's demo_assets, i.e. what --model demo loads).")] = None,
-    steps: Annotated[int, typer.Option(help="Transformer + text-encoder training steps.")] = 3000,
+    steps: Annotated[int | None, typer.Option(help="Transformer + text-encoder training steps "
+                                              "(default: the recipe's, which made the shipped weights).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for data, initialisation and batches.")] = 0,
     threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
     skip_judge: Annotated[bool, typer.Option(help="Keep the existing judge; train only the generator.")] = False,
     init_from: Annotated[Path | None, typer.Option(help="Continue from this weights file (its VAE is kept; "
                                                    "text encoder + transformer train --steps more).")] = None,
-    lr: Annotated[float, typer.Option(help="Peak learning rate of the text encoder + transformer.")] = 1e-3,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate of the text encoder + transformer "
+                                             "(default: the recipe's).")] = None,
 ) -> None:
-    """Train the demo VAE, text encoder, transformer and judge from scratch (about 45 min on 2 CPU cores)."""
+    """Train the demo judge, VAE, text encoder and transformer from scratch: with no options this
+    is the command that made the shipped weights (about 45 min on an idle 2-core CPU)."""
     from ecad_ray.models.demo import ASSETS
     from ecad_ray.models.demo_train import TrainConfig, train_demo
 
+    recipe = TrainConfig()
+    steps = recipe.dit_steps if steps is None else steps
+    lr = recipe.dit_lr if lr is None else lr
     if steps < 1:
         raise UserError(f"--steps {steps}: must be at least 1")
     if threads < 1:
@@ -37,7 +43,7 @@ def train(
     if lr <= 0:
         raise UserError(f"--lr {lr}: must be positive")
     cfg = TrainConfig(seed=seed, dit_steps=steps, threads=threads, skip_judge=skip_judge,
-                      checkpoint_every=min(500, steps), dit_lr=lr,
+                      checkpoint_every=min(recipe.checkpoint_every, steps), dit_lr=lr,
                       init_from=str(init_from) if init_from else None)
     timings = train_demo(out or ASSETS, cfg, log=lambda m: typer.echo(m))
     typer.echo("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))

@@ -63,10 +63,22 @@ def test_train_passes_options_to_the_trainer(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert seen["out"] == tmp_path
     cfg = seen["cfg"]
-    assert (cfg.dit_steps, cfg.seed, cfg.threads, cfg.checkpoint_every, cfg.dit_lr, cfg.init_from) == (40, 3, 1, 40, 1e-3, None)
+    assert (cfg.dit_steps, cfg.seed, cfg.threads, cfg.checkpoint_every, cfg.dit_lr, cfg.init_from) == (
+        40, 3, 1, 40, trainer.TrainConfig().dit_lr, None)
 
 
 def test_train_init_from_missing_file_is_an_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ecad_ray_cli", "demo", "train", "--init-from", str(tmp_path / "w.safetensors")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "--init-from" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_train_without_options_runs_the_shipped_recipe(tmp_path, monkeypatch):
+    """`ecad-ray demo train` alone must be the exact recipe of the shipped weights."""
+    import ecad_ray.models.demo_train as trainer
+
+    seen = {}
+    monkeypatch.setattr(trainer, "train_demo", lambda out, cfg, log: seen.update(cfg=cfg) or {})
+    result = CliRunner().invoke(app, ["demo", "train", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert seen["cfg"] == trainer.TrainConfig()
