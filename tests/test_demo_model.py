@@ -18,7 +18,7 @@ from ecad_ray.models.demo import (
     save_weights,
 )
 
-COLOUR_FLOOR = 0.4  # measured on the shipped weights: see docs/demo.md
+SHAPE_FLOOR = 0.45  # chance is 0.25; the shipped weights measure 0.545 here
 HELDOUT = [x for x in Path("prompts/demo_heldout.txt").read_text().splitlines() if x]
 
 
@@ -74,14 +74,15 @@ def _gate(n: int, seed: int):
     return score(captions, images)
 
 
-def test_model_follows_caption_colours_well_above_chance():
-    """32 held-out captions (fixed seeds, CPU): colours follow the caption far above chance (1/6).
+def test_model_meets_the_colour_gate_and_draws_shapes_above_chance():
+    """32 held-out captions (fixed seeds, CPU): colour meets the issue's 80% gate; shape is well
+    above chance (25%) though short of its 70% gate (see `test_quality_gate_full`, docs/demo.md).
 
-    The shipped weights do not reach the issue's gate yet (see `test_quality_gate_full` and
-    docs/demo.md); this guards what they do reach so a broken model or pipeline path fails fast.
+    Measured on the shipped weights: colour 92.7%, shape 54.5%.
     """
     fid = _gate(32, seed=0)
-    assert fid.colour >= COLOUR_FLOOR, fid
+    assert fid.colour >= 0.8, fid
+    assert fid.shape >= SHAPE_FLOOR, fid
 
 
 @pytest.mark.slow
