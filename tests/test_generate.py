@@ -302,3 +302,19 @@ def test_metric_actors_score_inside_the_stream(base_run, tmp_path):
                for r in table)
     summary = pq.read_table(tmp_path / "scored" / "summary.parquet").to_pylist()
     assert len(summary) == 1 and summary[0]["fid"] == pytest.approx(0, abs=1e-3)
+
+
+def test_first_batch_reaches_the_driver_before_later_batches_are_written(tmp_path, ray_local):
+    """Streaming, not buffering: the driver (progress bar, metric tables) sees batch 1 while the
+    generator is still on later batches. Ray Data's default one-batch prefetch held each batch
+    back until the next one had been written (measured: first image 5 s later at 64x64)."""
+    images = tmp_path / "images"
+    on_disk_at_first = []
+
+    def progress(done, total):
+        if not on_disk_at_first:
+            on_disk_at_first.append(len(list(images.glob("*.png"))))
+
+    run_generate(config(tmp_path, batch_size=2, steps=20, num_images_per_prompt=2), progress=progress)
+    assert len(list(images.glob("*.png"))) == 6
+    assert on_disk_at_first == [2]  # only the first batch; each later batch takes 20 denoising steps
