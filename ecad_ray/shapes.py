@@ -227,14 +227,19 @@ def _background(kind: str, rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def _placements(scene: Scene, rng: np.random.Generator, size: int) -> list[tuple[float, float, float]]:
-    """(cx, cy, r) per object: one anywhere, or two in separate halves along the relation axis."""
+    """(cx, cy, r) per object: one anywhere, or two in separate halves along the relation axis.
+
+    Radii are in pixels at 32 px. Small shapes stay at least ~9 px across: at radius 3.5 (7 px)
+    the demo model's 16x16 latent blurred a cross's 2 px arms into a blob, so its shape could
+    not be learned in the CPU training budget (large shapes were drawn right almost always).
+    """
     half = size / 2
     if scene.relation is None:
         obj = scene.objects[0]
-        r = rng.uniform(4.0, 5.5) if obj.size == "small" else rng.uniform(8.5, 11.5)
+        r = rng.uniform(4.8, 5.8) if obj.size == "small" else rng.uniform(8.5, 11.5)
         cx, cy = rng.uniform(r + 1, size - r - 1, size=2)
         return [(cx, cy, r)]
-    radii = [rng.uniform(3.5, 4.5) if o.size == "small" else rng.uniform(6.0, 7.3) for o in scene.slots()]
+    radii = [rng.uniform(4.5, 5.2) if o.size == "small" else rng.uniform(6.2, 7.3) for o in scene.slots()]
     spots = []
     for i, r in enumerate(radii):
         along = rng.uniform(i * half + r + 0.5, (i + 1) * half - r - 0.5)  # own half

