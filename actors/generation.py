@@ -105,3 +105,24 @@ class GeneratorStage(Stage):
         batch["image"] = images
         batch["seconds"] = np.full(n, (time.perf_counter() - start) / n)
         return batch
+
+
+class EncodeThenGenerateStage(Stage):
+    """Both model stages in one actor process, for runs with a single generation worker.
+
+    With one worker a separate encoder actor buys no parallelism worth having (encoding a
+    batch takes milliseconds to a few hundred, generating it seconds) but costs a second
+    process that imports torch/diffusers/transformers again (about 5 s of CPU) and, on a GPU,
+    a second CUDA context. Several workers keep the shared encoder actor instead, so the text
+    encoder is loaded once rather than once per worker.
+    """
+
+    consumes = TextEncoderStage.consumes
+    produces = {**TextEncoderStage.produces, **GeneratorStage.produces}
+
+    def __init__(self, encoder: dict, generator: dict):
+        self.encode = TextEncoderStage(**encoder)
+        self.generate = GeneratorStage(**generator)
+
+    def __call__(self, batch: dict) -> dict:
+        return self.generate(self.encode(batch))

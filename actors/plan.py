@@ -1,11 +1,13 @@
 """The Ray Data plan of `generate`, and the Ray session it runs in.
 
     job rows ─map_batches(TextEncoderStage)─▶ embeddings store (shards written by the stage)
-             ─map_batches(GeneratorStage, actor pool)─▶ map_batches(ImageWriterStage) ─▶ driver
+             ─map_batches(GeneratorStage, actor pool)─▶ [MetricsStage] ─▶ driver: ImageWriter
 
-Rows are small (ids, seeds, shard references); pixels only travel from the generator to
-the writer, and Ray Data's streaming executor bounds how many batches are in flight. The
-driver collects result rows for the table and drives the progress bar.
+With a single generation worker the two model stages share one actor
+(`EncodeThenGenerateStage`). Rows are small (ids, seeds, shard references); pixels only
+travel from the generator to the driver, and Ray Data's streaming executor bounds how many
+batches are in flight. The driver writes the PNGs, collects result rows for the table and
+drives the progress bar.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from actors.generation import GeneratorStage, TextEncoderStage
-from actors.writer import ImageWriterStage, result_record
+from actors.generation import EncodeThenGenerateStage, GeneratorStage, TextEncoderStage
+from actors.writer import ImageWriter, result_record
 from actors.metrics import MetricsStage
 from ecad_ray.config import GenerateConfig
 from ecad_ray.embeddings import EmbeddingStore
@@ -81,9 +83,10 @@ def run_generate(config: GenerateConfig, progress=None) -> RunSummary:
     extra = {"device": device_description(config.device)}
     start_run(plan, extra)
     rows: list[dict] = []
+    writer = ImageWriter(str(plan.output_dir), asdict(plan.settings))
 
     def batches_with_rows():
-        for batch in stream_plan(plan):
+        for batch in map(writer, stream_plan(plan)):
             for i in range(len(batch["image_path"])):
                 rows.append(result_record(batch, i, asdict(plan.settings), str(batch["image_path"][i])))
             if progress:
@@ -91,7 +94,7 @@ def run_generate(config: GenerateConfig, progress=None) -> RunSummary:
             yield batch
 
     if plan.jobs:
-        # local Ray: the generation actors' threads, plus one CPU for the encoder and writer
+        # local Ray: the generation actors' threads, plus one CPU for the encoder (or metrics)
         local_cpus = config.num_workers * config.threads_per_worker + 1
         with ray_session(config.address, local_cpus):
             if config.metrics:
@@ -121,7 +124,7 @@ def _write_metric_tables(plan: RunPlan, batches) -> list[str]:
 
 
 def stream_plan(plan: RunPlan):
-    """Yield the written batches (result columns, metric columns when asked) as the plan produces them."""
+    """Yield the generated batches (images, result columns, metric columns when asked) as the plan makes them."""
     import ray
 
     cfg = plan.config
@@ -136,33 +139,30 @@ def stream_plan(plan: RunPlan):
 
     # one block per generation batch, so every worker of the pool gets work
     ds = ray.data.from_items(plan.jobs, override_num_blocks=max(1, math.ceil(len(plan.jobs) / cfg.batch_size)))
-    if any(not job["shard"] for job in plan.jobs):
-        ds = ds.map_batches(
-            TextEncoderStage,
-            fn_constructor_kwargs=dict(
-                spec=plan.spec, store_root=str(plan.store_root), device=device, dtype=cfg.dtype, threads=threads
-            ),
-            batch_size=cfg.batch_size,  # keeps one block per generation batch for the pool
-            compute=ray.data.ActorPoolStrategy(size=1),
-            num_cpus=0 if gpu else 0.5,
-            num_gpus=0.1 if gpu else 0,  # 0.1 encoder + 0.8 generator + 0.1 metrics fit one GPU
-        )
-    ds = ds.map_batches(
-        GeneratorStage,
-        fn_constructor_kwargs=dict(
-            spec=plan.spec,
-            settings=settings,
-            store_root=str(plan.store_root),
-            device=device,
-            dtype=cfg.dtype,
-            schedule_path=cfg.schedule,
-            threads=threads,
-        ),
+    encoder = dict(spec=plan.spec, store_root=str(plan.store_root), device=device, dtype=cfg.dtype, threads=threads)
+    generator = dict(spec=plan.spec, settings=settings, store_root=str(plan.store_root), device=device,
+                     dtype=cfg.dtype, schedule_path=cfg.schedule, threads=threads)
+    generation = dict(
         batch_size=cfg.batch_size,
         compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
         num_cpus=1 if gpu else threads,
         num_gpus=0.8 if gpu else 0,
     )
+    needs_encoding = any(not job["shard"] for job in plan.jobs)
+    if needs_encoding and cfg.num_workers == 1:
+        ds = ds.map_batches(EncodeThenGenerateStage, fn_constructor_kwargs=dict(encoder=encoder, generator=generator),
+                            **generation)
+    else:
+        if needs_encoding:
+            ds = ds.map_batches(
+                TextEncoderStage,
+                fn_constructor_kwargs=encoder,
+                batch_size=cfg.batch_size,  # keeps one block per generation batch for the pool
+                compute=ray.data.ActorPoolStrategy(size=1),
+                num_cpus=0 if gpu else 0.5,
+                num_gpus=0.1 if gpu else 0,  # 0.1 encoder + 0.8 generator + 0.1 metrics fit one GPU
+            )
+        ds = ds.map_batches(GeneratorStage, fn_constructor_kwargs=generator, **generation)
     if cfg.metrics:
         ds = ds.map_batches(
             MetricsStage,
@@ -172,13 +172,6 @@ def stream_plan(plan: RunPlan):
             num_cpus=0 if gpu else 0.25,
             num_gpus=0 if not gpu else 0.1,
         )
-    ds = ds.map_batches(
-        ImageWriterStage,
-        fn_constructor_kwargs=dict(output_dir=str(plan.output_dir), settings=settings),
-        batch_size=cfg.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=1),
-        num_cpus=0.25,
-    )
     # prefetch_batches=0: with Ray Data's default of 1 the driver got each batch only once the
     # next one was written, adding a whole batch of compute to the first image's latency.
     yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)

@@ -42,7 +42,7 @@ class _PatchBeforeTorchvision(importlib.abc.MetaPathFinder):
     """Runs `patch_torchvision_ops` the first time anything looks for torchvision, then leaves.
 
     Lazy on purpose: checking torchvision means importing torch (~1.5 s), which processes that
-    never touch a model (the CLI's --help, the PNG writer actor) should not pay for.
+    never touch a model (the CLI's --help, for one) should not pay for.
     transformers looks torchvision up with `find_spec` before importing it, so the patch
     still lands first.
     """

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from actors.generation import GeneratorStage
-from actors.writer import ImageWriterStage
+from actors.writer import ImageWriter
 from ecad_ray.ecad_import import import_ecad_embeddings, prompt_id_from_name
 from ecad_ray.embeddings import INDEX_NAME, EmbeddingStore, ShardReader
 from ecad_ray.errors import UserError
@@ -101,8 +101,8 @@ def test_stage_names_itself_when_a_column_is_missing(tmp_path):
     stage = GeneratorStage.__new__(GeneratorStage)  # column check needs no model
     with pytest.raises(ValueError, match="GeneratorStage: batch lacks column\\(s\\) seed"):
         stage.check({"shard": ["a"], "row": [0]})
-    with pytest.raises(ValueError, match="ImageWriterStage: batch lacks column"):
-        ImageWriterStage(str(tmp_path), {})({"prompt_id": ["0"]})
+    with pytest.raises(ValueError, match="ImageWriter: batch lacks column"):
+        ImageWriter(str(tmp_path), {})({"prompt_id": ["0"]})
 
 
 def test_cli_import_command(tmp_path, monkeypatch, capsys):
