@@ -122,6 +122,7 @@ def main() -> None:
     print(f"throughput ratio generate(1w)/loop     = {one['steady_img_per_s'] / loop_rate:.2f}   (target >= 0.9)")
     print(f"fixed start-up seconds (Ray+actors+load) = {one['first_image_s'] - loop['batch_s']:.1f}   (target <= 10)")
     print(f"  the same, joining a running Ray        = {joined['first_image_s'] - loop['batch_s']:.1f}")
+    print(f"  of either, model load alone (the loop's, torch already imported) = {loop['load_s']:.1f}")
     print(f"2 workers / 1 worker throughput          = {two['steady_img_per_s'] / one['steady_img_per_s']:.2f}   (target >= 1.7)")
 
 
