@@ -133,36 +133,11 @@ def stream_plan(plan: RunPlan):
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # after Ray Data configured its logging
     gpu = _gpus_available() and cfg.device != "cpu"
-    settings = asdict(plan.settings)
-    threads = cfg.threads_per_worker
     device = cfg.device if cfg.device != "auto" else ("cuda" if gpu else "cpu")
 
     # one block per generation batch, so every worker of the pool gets work
     ds = ray.data.from_items(plan.jobs, override_num_blocks=max(1, math.ceil(len(plan.jobs) / cfg.batch_size)))
-    encoder = dict(spec=plan.spec, store_root=str(plan.store_root), device=device, dtype=cfg.dtype, threads=threads)
-    generator = dict(spec=plan.spec, settings=settings, store_root=str(plan.store_root), device=device,
-                     dtype=cfg.dtype, schedule_path=cfg.schedule, threads=threads)
-    generation = dict(
-        batch_size=cfg.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
-        num_cpus=1 if gpu else threads,
-        num_gpus=0.8 if gpu else 0,
-    )
-    needs_encoding = any(not job["shard"] for job in plan.jobs)
-    if needs_encoding and cfg.num_workers == 1:
-        ds = ds.map_batches(EncodeThenGenerateStage, fn_constructor_kwargs=dict(encoder=encoder, generator=generator),
-                            **generation)
-    else:
-        if needs_encoding:
-            ds = ds.map_batches(
-                TextEncoderStage,
-                fn_constructor_kwargs=encoder,
-                batch_size=cfg.batch_size,  # keeps one block per generation batch for the pool
-                compute=ray.data.ActorPoolStrategy(size=1),
-                num_cpus=0 if gpu else 0.5,
-                num_gpus=0.1 if gpu else 0,  # 0.1 encoder + 0.8 generator + 0.1 metrics fit one GPU
-            )
-        ds = ds.map_batches(GeneratorStage, fn_constructor_kwargs=generator, **generation)
+    ds = _add_model_stages(ds, plan, device, gpu)
     if cfg.metrics:
         ds = ds.map_batches(
             MetricsStage,
@@ -175,6 +150,41 @@ def stream_plan(plan: RunPlan):
     # prefetch_batches=0: with Ray Data's default of 1 the driver got each batch only once the
     # next one was written, adding a whole batch of compute to the first image's latency.
     yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
+
+
+def _add_model_stages(ds, plan: RunPlan, device: str, gpu: bool):
+    """Text encoding (skipped when every prompt is already in the store), then generation.
+
+    One worker: both in one actor (`EncodeThenGenerateStage`). Several: one shared encoder
+    actor feeding the generator pool, so the text encoder is loaded once.
+    """
+    import ray
+
+    cfg = plan.config
+    threads = cfg.threads_per_worker
+    encoder = dict(spec=plan.spec, store_root=str(plan.store_root), device=device, dtype=cfg.dtype, threads=threads)
+    generator = dict(spec=plan.spec, settings=asdict(plan.settings), store_root=str(plan.store_root), device=device,
+                     dtype=cfg.dtype, schedule_path=cfg.schedule, threads=threads)
+    pool = dict(
+        batch_size=cfg.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
+        num_cpus=1 if gpu else threads,
+        num_gpus=0.8 if gpu else 0,
+    )
+    needs_encoding = any(not job["shard"] for job in plan.jobs)
+    if needs_encoding and cfg.num_workers == 1:
+        return ds.map_batches(EncodeThenGenerateStage, fn_constructor_kwargs=dict(encoder=encoder, generator=generator),
+                              **pool)
+    if needs_encoding:
+        ds = ds.map_batches(
+            TextEncoderStage,
+            fn_constructor_kwargs=encoder,
+            batch_size=cfg.batch_size,  # keeps one block per generation batch for the pool
+            compute=ray.data.ActorPoolStrategy(size=1),
+            num_cpus=0 if gpu else 0.5,
+            num_gpus=0.1 if gpu else 0,  # 0.1 encoder + 0.8 generator + 0.1 metrics fit one GPU
+        )
+    return ds.map_batches(GeneratorStage, fn_constructor_kwargs=generator, **pool)
 
 
 def run_benchmark(base: GenerateConfig, schedule_dir: str, progress=None) -> list[RunSummary]:
