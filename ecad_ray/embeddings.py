@@ -138,6 +138,10 @@ class EmbeddingStore:
 
         Keyed by prompt text, not id: the same prompt embedded under another id is reused.
         """
+        if not self.shard_paths():
+            # a new store: nothing to find. Skipping pyarrow here keeps its pandas import
+            # (~0.4 s) out of a fresh run's start, where it overlaps ray.init instead.
+            return {}
         table = self.index()
         refs: dict[str, EmbeddingRef] = {}
         for rec in table.to_pylist():

@@ -72,7 +72,9 @@ class ImageGenerator:
 
     def warm_up(self, embeddings: dict[str, torch.Tensor], seeds: list[int]) -> None:
         """Once: a 2-step pass at the real shapes (lazy init, allocator, kernel choice), so timed
-        calls measure steady-state generation; the cache hooks go on afterwards."""
+        calls measure steady-state generation; the cache hooks go on afterwards. Not 1 step:
+        PixArt's pipeline treats a single step as a distilled (DMD) sampler and fails with
+        DPM-Solver."""
         if self.warmed_up:
             return
         self._generate(embeddings, seeds, 2)
