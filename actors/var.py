@@ -22,10 +22,6 @@ GENERATED_COLUMNS = {
     "files_npz": "the item's files (relative path -> bytes) packed as one .npz blob",
     "config_json": "the item's config.json text",
 }
-WRITTEN_COLUMNS = {
-    "item_name": "folder name of the item (str)",
-    "config_json": "the item's config.json text",
-}
 
 
 def check_columns(stage: str, batch: dict[str, Any], columns: dict[str, str]) -> None:
@@ -68,7 +64,7 @@ class VarGenerator(Stage):
 
 
 def write_var_items(batch: dict[str, np.ndarray], output_dir: str) -> dict[str, np.ndarray]:
-    """`map_batches` function: write each generated item under `output_dir`."""
+    """Write each generated item of a batch under `output_dir` (the driver calls it per batch)."""
     check_columns("write_var_items", batch, GENERATED_COLUMNS)
     for name, blob, config in zip(batch["item_name"], batch["files_npz"], batch["config_json"]):
         write_item(output_dir, str(name), unpack_files(blob), json.loads(config))

@@ -1,8 +1,9 @@
-"""The Ray Data plan of `ecad-ray var generate`: rows -> VarGenerator actors -> writer.
+"""The Ray Data plan of `ecad-ray var generate`: rows -> VarGenerator actors -> driver writes.
 
 Same shape as the main generate plan: `from_items(rows)` ->
-`map_batches(VarGenerator, compute=ActorPoolStrategy(size=N))` -> `map_batches(writer)`;
-the driver then writes `config_all.json` and `metadata.json`.
+`map_batches(VarGenerator, compute=ActorPoolStrategy(size=N))`; the driver writes each item
+as its batch arrives (so items land on the machine that ran the command, even on a
+cluster), then `config_all.json` and `metadata.json`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.plan import ray_session
-from actors.var import WRITTEN_COLUMNS, VarGenerator, check_columns, options_dict, write_var_items
+from actors.var import VarGenerator, options_dict, write_var_items
 from ecad_ray.var.run import VarRunOptions, write_run_files
 
 
@@ -39,12 +40,9 @@ def _run(rows, options, output_dir, num_actors, batch_size):
     ds = ds.map_batches(VarGenerator, fn_constructor_kwargs={"options": options_dict(options)},
                         compute=ray.data.ActorPoolStrategy(size=num_actors), batch_size=batch_size,
                         num_cpus=options.threads, batch_format="numpy")
-    ds = ds.map_batches(write_var_items, fn_kwargs={"output_dir": str(output_dir)}, batch_size=batch_size,
-                        num_cpus=0.25, batch_format="numpy")
-    written = ds.take_all()
-    if written:
-        check_columns("var generate driver", written[0], WRITTEN_COLUMNS)
-    configs = [json.loads(r["config_json"]) for r in written]
+    configs: list[dict[str, Any]] = []
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+        configs += [json.loads(c) for c in write_var_items(batch, str(output_dir))["config_json"]]
     wall = time.perf_counter() - t0
     write_run_files(output_dir, options, configs, wall, {"num_actors": num_actors, "batch_size": batch_size})
     return configs
