@@ -4,7 +4,7 @@ Runs the same prompts through (1) a plain in-process loop over the same encoder/
 objects and batch size, (2) `run_generate` with 1 worker × 1 thread, (3) with 2 workers ×
 1 thread, each pipeline run starting and stopping its own local Ray (the default), and (4)
 with 1 worker joining a Ray that is already running (`ray start --head` once, then
-`--address auto`; timed on the second such run, as a user's repeated runs would see it).
+`--address`; timed on the second such run, as a user's repeated runs would see it).
 Prints, side by side: steady-state throughput ratio pipeline/loop, fixed start-up seconds
 (Ray start or connect + actor spawn + model load, until the first image, minus one batch of
 compute), and the 2-worker/1-worker throughput ratio.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -78,16 +79,37 @@ def pipeline(cfg: GenerateConfig) -> dict:
 
 
 def pipeline_on_running_ray(cfg: GenerateConfig) -> dict:
-    """Start a local head the way a user would (`ray start --head`), time the second joined run, stop it."""
-    ray_cli = [str(Path(sys.executable).with_name("ray"))]
-    subprocess.run(ray_cli + ["start", "--head", "--num-cpus", "2", "--include-dashboard=false",
-                              "--disable-usage-stats"], check=True, capture_output=True)
+    """Start a private local head the way a user would (`ray start --head`), time the second
+    run that joins it, then stop it (only it: other Ray instances on the machine are left alone)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    head = subprocess.Popen(
+        [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--port={port}",
+         "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
     try:
+        _wait_for_port(port, head)
+        joined = replace(cfg, address=f"127.0.0.1:{port}")
         # two batches are enough for the first run to leave Ray Data's detached helper actors behind
-        pipeline(replace(cfg, address="auto", output_dir=cfg.output_dir + "-first", prompts=cfg.prompts[:2 * cfg.batch_size]))
-        return pipeline(replace(cfg, address="auto"))
+        pipeline(replace(joined, output_dir=cfg.output_dir + "-first", prompts=cfg.prompts[:2 * cfg.batch_size]))
+        return pipeline(joined)
     finally:
-        subprocess.run(ray_cli + ["stop", "--force"], capture_output=True)
+        head.terminate()  # `ray start --block` stops the processes it started when it exits
+        head.wait(timeout=120)
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"`ray start --head` exited with code {process.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"`ray start --head` did not listen on port {port} within {timeout:.0f} s")
 
 
 def main() -> None:
