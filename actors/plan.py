@@ -43,7 +43,7 @@ class RunSummary:
 
 @contextlib.contextmanager
 def ray_session(address: str | None, num_cpus: int):
-    """Join `address` or start a local Ray for the run; leave an already-initialised Ray alone."""
+    """Join `address` (or $RAY_ADDRESS) or start a local Ray for the run; leave an initialised Ray alone."""
     import ray
 
     if ray.is_initialized():
@@ -57,10 +57,13 @@ def ray_session(address: str | None, num_cpus: int):
     # ray.init mostly waits on the processes it starts; import Ray Data (~1.4 s) meanwhile.
     preload = threading.Thread(target=importlib.import_module, args=("ray.data",), daemon=True)
     preload.start()
+    address = address or os.environ.get("RAY_ADDRESS")  # set for a Ray Job's driver: join its cluster
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+        # "local": a Ray of our own even when `ray start` left one running (or a stale address
+        # file) on this machine; plain ray.init() would try to join that and fail
+        ray.init(address="local", num_cpus=num_cpus, **kwargs)
     preload.join()
     try:
         yield

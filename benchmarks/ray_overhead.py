@@ -98,6 +98,12 @@ def pipeline_on_running_ray(cfg: GenerateConfig) -> dict:
     finally:
         head.terminate()  # `ray start --block` stops the processes it started when it exits
         head.wait(timeout=120)
+        # ...but leaves its address as "the latest cluster" for later ray.init() calls to find
+        from ray._common.utils import get_ray_address_file
+
+        latest = Path(get_ray_address_file(None))
+        if latest.is_file() and latest.read_text().strip().endswith(f":{port}"):
+            latest.unlink()
 
 
 def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60) -> None:

@@ -318,3 +318,27 @@ def test_first_batch_reaches_the_driver_before_later_batches_are_written(tmp_pat
     run_generate(config(tmp_path, batch_size=2, steps=20, num_images_per_prompt=2), progress=progress)
     assert len(list(images.glob("*.png"))) == 6
     assert on_disk_at_first == [2]  # only the first batch; each later batch takes 20 denoising steps
+
+
+def test_ray_session_starts_its_own_ray_unless_given_an_address(monkeypatch):
+    """Without --address a run gets a Ray of its own ("local"), even when `ray start` left one
+    running or a stale address file behind (plain ray.init() tried to join it and failed with
+    a traceback); $RAY_ADDRESS (set for a Ray Job's driver) and --address join a cluster."""
+    import ray
+
+    from actors.plan import ray_session
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with ray_session(None, 3):
+        pass
+    with ray_session("auto", 3):
+        pass
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    with ray_session(None, 3):
+        pass
+    assert [c["address"] for c in calls] == ["local", "auto", "10.0.0.1:6379"]
+    assert calls[0]["num_cpus"] == 3 and "num_cpus" not in calls[1] and "num_cpus" not in calls[2]
