@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from actors.generation import EncodeThenGenerateStage, GeneratorStage, TextEncoderStage
-from actors.writer import ImageWriter, result_record
+from actors.writer import ImageWriter
 from actors.metrics import MetricsStage
 from ecad_ray.config import GenerateConfig
 from ecad_ray.embeddings import EmbeddingStore
@@ -85,15 +85,12 @@ def run_generate(config: GenerateConfig, progress=None) -> RunSummary:
         MetricsStage.validate(config.metrics, config.reference)  # fail before Ray starts
     extra = {"device": device_description(config.device)}
     start_run(plan, extra)
-    rows: list[dict] = []
     writer = ImageWriter(str(plan.output_dir), asdict(plan.settings))
 
-    def batches_with_rows():
+    def written_batches():
         for batch in map(writer, stream_plan(plan)):
-            for i in range(len(batch["image_path"])):
-                rows.append(result_record(batch, i, asdict(plan.settings), str(batch["image_path"][i])))
             if progress:
-                progress(len(rows), len(plan.jobs))
+                progress(len(writer.records), len(plan.jobs))
             yield batch
 
     if plan.jobs:
@@ -101,13 +98,13 @@ def run_generate(config: GenerateConfig, progress=None) -> RunSummary:
         local_cpus = config.num_workers * config.threads_per_worker + 1
         with ray_session(config.address, local_cpus):
             if config.metrics:
-                extra["metrics_tables"] = _write_metric_tables(plan, batches_with_rows())
+                extra["metrics_tables"] = _write_metric_tables(plan, written_batches())
             else:
-                for _ in batches_with_rows():
+                for _ in written_batches():
                     pass
         EmbeddingStore(plan.store_root).save_index()
-    results = finish_run(plan, rows, started, extra)
-    return RunSummary(str(plan.output_dir), len(rows), len(plan.kept), time.time() - started, str(results))
+    results = finish_run(plan, writer.records, started, extra)
+    return RunSummary(str(plan.output_dir), len(writer.records), len(plan.kept), time.time() - started, str(results))
 
 
 def _write_metric_tables(plan: RunPlan, batches) -> list[str]:

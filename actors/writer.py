@@ -32,6 +32,7 @@ class ImageWriter(Stage):
     def __init__(self, output_dir: str, settings: dict):
         self.output_dir = Path(output_dir)
         self.settings = settings
+        self.records: list[dict] = []  # the result row of every image written, in order
 
     def __call__(self, batch: dict) -> dict:
         n = self.check(batch)
@@ -42,6 +43,7 @@ class ImageWriter(Stage):
             name = image_name(int(batch["prompt_index"][i]), str(batch["prompt_id"][i]), int(batch["seed"][i]))
             record = result_record(batch, i, self.settings, f"images/{name}")
             write_png(np.asarray(batch["image"][i]), images_dir / name, record)
+            self.records.append(record)
             paths.append(record["image_path"])
         out = {k: v for k, v in batch.items() if k != "image"}
         out["image_path"] = np.array(paths, dtype=object)

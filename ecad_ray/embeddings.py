@@ -94,9 +94,11 @@ class EmbeddingStore:
             return []
         return sorted(p for p in self.root.rglob("shard-*.safetensors") if not p.name.startswith("."))
 
-    def index(self) -> pa.Table:
-        """One row per stored prompt; rebuilt from shard headers when `index.parquet` is stale."""
-        shards = self.shard_paths()
+    def index(self, shards: list[Path] | None = None) -> pa.Table:
+        """One row per stored prompt; rebuilt from shard headers when `index.parquet` is stale.
+
+        `shards`: the caller's fresh `shard_paths()`, to save listing the store twice."""
+        shards = self.shard_paths() if shards is None else shards
         names = sorted(str(p.relative_to(self.root)) for p in shards)
         index_path = self.root / INDEX_NAME
         if index_path.is_file():
@@ -138,11 +140,12 @@ class EmbeddingStore:
 
         Keyed by prompt text, not id: the same prompt embedded under another id is reused.
         """
-        if not self.shard_paths():
+        shards = self.shard_paths()
+        if not shards:
             # a new store: nothing to find. Skipping pyarrow here keeps its pandas import
             # (~0.4 s) out of a fresh run's start, where it overlaps ray.init instead.
             return {}
-        table = self.index()
+        table = self.index(shards)
         refs: dict[str, EmbeddingRef] = {}
         for rec in table.to_pylist():
             if rec["model"] != model:
