@@ -113,3 +113,21 @@ def test_transformer_weights_of_another_architecture_are_named(tmp_path):
     spec = dataclasses.replace(resolve_model("demo"), transformer_file=str(tmp_path / "other.pt"))
     with pytest.raises(UserError, match=r"other.pt: not a PixArtTransformer2DModel of model demo.*missing .*unexpected unet.conv_in.weight .*wrong shape pos_embed.proj.weight"):
         ImageGenerator(spec, ImageSettings.resolve(GenerateConfig(), spec), "cpu")
+
+
+def test_cpu_generation_has_no_warm_up_pass_and_still_applies_the_schedule():
+    from pathlib import Path
+
+    schedule = Path(__file__).resolve().parents[1] / "schedules" / "demo" / "recompute_all_every_002.json"
+    spec = resolve_model("demo")
+    settings = ImageSettings.resolve(GenerateConfig(), spec)
+    emb = TextEncoder(spec, "cpu")(["a red circle"], [""])
+    cached = ImageGenerator(spec, settings, "cpu", schedule_path=str(schedule))
+    forwards = []
+    cached.pipe.transformer.register_forward_pre_hook(lambda *_: forwards.append(1))
+    image = cached(emb, [0])
+    # one transformer call per step (CFG runs both halves in one batch): no extra 2-step pass
+    assert len(forwards) == settings.steps == 20
+    assert cached.cache is not None and cached.cache.stats.runs == 1
+    full = ImageGenerator(spec, settings, "cpu")(emb, [0])
+    assert not np.array_equal(image, full)  # the schedule did change the computation
