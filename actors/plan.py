@@ -123,15 +123,22 @@ def _write_metric_tables(plan: RunPlan, batches) -> list[str]:
     return [str(metrics_path), str(summary_path)]
 
 
+def quiet_ray_data() -> None:
+    """No Ray Data progress bars or execution banners: the run draws its own progress bar."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # after Ray Data configured its logging
+
+
 def stream_plan(plan: RunPlan):
     """Yield the generated batches (images, result columns, metric columns when asked) as the plan makes them."""
     import ray
 
     cfg = plan.config
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.ERROR)  # after Ray Data configured its logging
+    quiet_ray_data()
     gpu = _gpus_available() and cfg.device != "cpu"
     device = cfg.device if cfg.device != "auto" else ("cuda" if gpu else "cpu")
 

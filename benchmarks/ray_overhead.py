@@ -7,7 +7,9 @@ with 1 worker joining a Ray that is already running (`ray start --head` once, th
 `--address`; timed on the second such run, as a user's repeated runs would see it).
 Prints, side by side: steady-state throughput ratio pipeline/loop, fixed start-up seconds
 (Ray start or connect + actor spawn + model load, until the first image, minus one batch of
-compute), and the 2-worker/1-worker throughput ratio.
+compute), and the 2-worker/1-worker throughput ratio. Beside the start-up it prints the floor
+this software stack sets on the machine: a fresh Ray running the same plan with an actor
+that loads nothing, plus a new process importing torch and building the model.
 Targets (2-core CPU): ratio >= 0.9 when one batch takes >= 1 s; start-up <= 10 s; 2w/1w >= 1.7.
 
     python benchmarks/ray_overhead.py --prompts 64 --batch-size 8 --size 64
@@ -78,6 +80,48 @@ def pipeline(cfg: GenerateConfig) -> dict:
             "images": last_n}
 
 
+class _Passthrough:
+    """A Ray Data stage that loads nothing: what the plan costs before any model is involved."""
+
+    def __call__(self, batch: dict) -> dict:
+        return batch
+
+
+def ray_data_floor(cfg: GenerateConfig) -> float:
+    """Seconds until the first batch leaves the same plan shape (fresh local Ray, one-actor pool,
+    one block per batch, prefetch 0) when the actor loads nothing."""
+    import ray
+
+    from actors.plan import quiet_ray_data, ray_session
+
+    # the workers cannot import this script: send _Passthrough's code along with it
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    t0 = time.perf_counter()
+    with ray_session(None, cfg.num_workers * cfg.threads_per_worker + 1):
+        quiet_ray_data()
+        rows = [{"seed": i} for i in range(2 * cfg.batch_size)]
+        ds = ray.data.from_items(rows, override_num_blocks=2).map_batches(
+            _Passthrough, batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
+        next(iter(ds.iter_batches(batch_size=None, prefetch_batches=0)))
+        return time.perf_counter() - t0
+
+
+def fresh_process_model_load(cfg: GenerateConfig) -> float:
+    """Seconds a new Python process takes to import torch and build the encoder and generator."""
+    code = (
+        "import time; t = time.perf_counter(); import ecad_ray, torch; torch.set_num_threads(1)\n"
+        "from ecad_ray.config import GenerateConfig, ImageSettings\n"
+        "from ecad_ray.engine import ImageGenerator, TextEncoder\n"
+        "from ecad_ray.models.registry import resolve_model\n"
+        f"spec = resolve_model({cfg.model!r}); cfg = GenerateConfig(model={cfg.model!r}, "
+        f"height={cfg.height}, width={cfg.width}, steps={cfg.steps})\n"
+        "TextEncoder(spec, 'cpu'); ImageGenerator(spec, ImageSettings.resolve(cfg, spec), 'cpu')\n"
+        "print(time.perf_counter() - t)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def pipeline_on_running_ray(cfg: GenerateConfig) -> dict:
     """Start a private local head the way a user would (`ray start --head`), time the second
     run that joins it, then stop it (only it: other Ray instances on the machine are left alone)."""
@@ -137,6 +181,8 @@ def main() -> None:
         one = pipeline(cfg(tmp + "/w1", 1))
         two = pipeline(cfg(tmp + "/w2", 2))
         joined = pipeline_on_running_ray(cfg(tmp + "/joined", 1))
+        floor_ray = ray_data_floor(cfg(tmp + "/floor", 1))
+        floor_load = fresh_process_model_load(cfg(tmp + "/floor", 1))
     loop_rate = loop["images"] / loop["compute_s"]
     print(f"{'run':<26}{'images/s':>10}{'first image s':>15}{'total s':>10}")
     print(f"{'plain loop (1 thread)':<26}{loop_rate:>10.2f}{loop['load_s'] + loop['batch_s']:>15.2f}"
@@ -151,6 +197,8 @@ def main() -> None:
     print(f"fixed start-up seconds (Ray+actors+load) = {one['first_image_s'] - loop['batch_s']:.1f}   (target <= 10)")
     print(f"  the same, joining a running Ray        = {joined['first_image_s'] - loop['batch_s']:.1f}")
     print(f"  of either, model load alone (the loop's, torch already imported) = {loop['load_s']:.1f}")
+    print(f"  floor of this stack, no contention     = {floor_ray + floor_load:.1f}   (Ray + Ray Data with an"
+          f" empty actor {floor_ray:.1f} s, then torch import + model build in a new process {floor_load:.1f} s)")
     print(f"2 workers / 1 worker throughput          = {two['steady_img_per_s'] / one['steady_img_per_s']:.2f}   (target >= 1.7)")
 
 
