@@ -71,6 +71,11 @@ def ray_session(address: str | None, num_cpus: int):
         ray.shutdown()
 
 
+def local_cpus(config: GenerateConfig) -> int:
+    """CPUs for a local Ray: the generation actors' threads, plus one for the encoder (or metrics)."""
+    return config.num_workers * config.threads_per_worker + 1
+
+
 def _gpus_available() -> bool:
     import ray
 
@@ -94,9 +99,7 @@ def run_generate(config: GenerateConfig, progress=None) -> RunSummary:
             yield batch
 
     if plan.jobs:
-        # local Ray: the generation actors' threads, plus one CPU for the encoder (or metrics)
-        local_cpus = config.num_workers * config.threads_per_worker + 1
-        with ray_session(config.address, local_cpus):
+        with ray_session(config.address, local_cpus(config)):
             if config.metrics:
                 extra["metrics_tables"] = _write_metric_tables(plan, written_batches())
             else:
@@ -206,8 +209,7 @@ def run_benchmark(base: GenerateConfig, schedule_dir: str, progress=None) -> lis
     files = schedule_files(schedule_dir)
     out = Path(base.output_dir)
     summaries = []
-    local_cpus = base.num_workers * base.threads_per_worker + 1
-    with ray_session(base.address, local_cpus):
+    with ray_session(base.address, local_cpus(base)):
         for path in files:
             cfg = replace(base, schedule=str(path), output_dir=str(out / path.stem))
             summaries.append(run_generate(cfg, progress))

@@ -45,13 +45,17 @@ def prompts(n: int) -> list[str]:
     return [f"a {'small' if i % 2 else 'large'} {colours[i % 8]} {shapes[(i // 8) % 4]}" for i in range(n)]
 
 
+def load_models(cfg: GenerateConfig) -> tuple[TextEncoder, ImageGenerator]:
+    """The encoder and generator every run here uses, on the CPU."""
+    spec = resolve_model(cfg.model)
+    return TextEncoder(spec, "cpu"), ImageGenerator(spec, ImageSettings.resolve(cfg, spec), "cpu")
+
+
 def plain_loop(cfg: GenerateConfig) -> dict:
     """Encode then generate batch by batch in this process; returns timings."""
     torch.set_num_threads(1)
-    spec = resolve_model(cfg.model)
-    settings = ImageSettings.resolve(cfg, spec)
     t0 = time.perf_counter()
-    encoder, generator = TextEncoder(spec, "cpu"), ImageGenerator(spec, settings, "cpu")
+    encoder, generator = load_models(cfg)
     load = time.perf_counter() - t0
     texts = list(cfg.prompts)
     t1 = time.perf_counter()
@@ -92,12 +96,12 @@ def ray_data_floor(cfg: GenerateConfig) -> float:
     one block per batch, prefetch 0) when the actor loads nothing."""
     import ray
 
-    from actors.plan import quiet_ray_data, ray_session
+    from actors.plan import local_cpus, quiet_ray_data, ray_session
 
     # the workers cannot import this script: send _Passthrough's code along with it
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     t0 = time.perf_counter()
-    with ray_session(None, cfg.num_workers * cfg.threads_per_worker + 1):
+    with ray_session(None, local_cpus(cfg)):
         quiet_ray_data()
         rows = [{"seed": i} for i in range(2 * cfg.batch_size)]
         ds = ray.data.from_items(rows, override_num_blocks=2).map_batches(
@@ -107,18 +111,17 @@ def ray_data_floor(cfg: GenerateConfig) -> float:
 
 
 def fresh_process_model_load(cfg: GenerateConfig) -> float:
-    """Seconds a new Python process takes to import torch and build the encoder and generator."""
+    """Seconds a new Python process takes to import torch and the model code and build the models
+    (this script's own imports, then `load_models`)."""
     code = (
-        "import time; t = time.perf_counter(); import ecad_ray, torch; torch.set_num_threads(1)\n"
-        "from ecad_ray.config import GenerateConfig, ImageSettings\n"
-        "from ecad_ray.engine import ImageGenerator, TextEncoder\n"
-        "from ecad_ray.models.registry import resolve_model\n"
-        f"spec = resolve_model({cfg.model!r}); cfg = GenerateConfig(model={cfg.model!r}, "
-        f"height={cfg.height}, width={cfg.width}, steps={cfg.steps})\n"
-        "TextEncoder(spec, 'cpu'); ImageGenerator(spec, ImageSettings.resolve(cfg, spec), 'cpu')\n"
+        "import sys, time; t = time.perf_counter(); sys.path.insert(0, sys.argv[1]); import ray_overhead as b\n"
+        "from ecad_ray.config import GenerateConfig\n"
+        "b.torch.set_num_threads(1)\n"
+        "b.load_models(GenerateConfig(model=sys.argv[2], height=int(sys.argv[3]), width=int(sys.argv[4]), steps=int(sys.argv[5])))\n"
         "print(time.perf_counter() - t)"
     )
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    args = [str(Path(__file__).resolve().parent), cfg.model, str(cfg.height), str(cfg.width), str(cfg.steps)]
+    out = subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, text=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
