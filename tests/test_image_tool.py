@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_image_models import build_model_zoo
+from tiny_image_models import build_model_zoo, build_sd_pipeline, save_folder
 
 from ecad_ray.errors import UserError
 from ecad_ray.image_tool import ImageOptions, generate_image, parse_size, report_lines
@@ -16,6 +19,7 @@ from ecad_ray.image_tool.defaults import resolve_sampling, turbo_evidence
 from ecad_ray.image_tool.loader import load_model
 from ecad_ray.image_tool.memory import apply_memory_settings
 from ecad_ray.image_tool.schedulers import swap_scheduler
+from ecad_ray.peak_memory import KIND_RSS_WINDOW
 
 CPU = torch.device("cpu")
 
@@ -82,10 +86,40 @@ def test_sd_pipeline_report_and_image(zoo, tmp_path):
     assert lines[-1] == f"Saved -> {tmp_path / 'out.png'}"
     assert 0 < report.load_seconds < report.total_seconds
     assert 0 < report.generation_seconds < report.total_seconds
-    assert report.peak_memory_bytes > 50 * 2**20 and report.peak_memory_kind == "peak RSS of this process"
+    assert report.peak_memory_kind == KIND_RSS_WINDOW
     assert 0 < report.memory_before_load_bytes <= report.peak_memory_bytes
     data = json.loads(report.to_json())
     assert data["width"] == 16 and data["seed"] == 7 and data["environment"]["device"] == "CPU"
+
+
+_MEMORY_PROBE = """
+import json, sys
+from ecad_ray.image_tool import ImageOptions, generate_image
+report = generate_image(ImageOptions(model=sys.argv[1], prompt="a red cat", out=sys.argv[2], steps=1, seed=0))
+print(json.dumps({"before": report.memory_before_load_bytes, "peak": report.peak_memory_bytes,
+                  "kind": report.peak_memory_kind}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the windowed RSS peak is Linux-only")
+def test_peak_memory_rises_by_the_model_size_in_a_fresh_process(tmp_path):
+    """Loading a 64 MiB model raises the peak by at least that much over the before figure.
+
+    A fresh interpreter, so nothing that ran earlier in the test process can hide or fake the
+    rise; the report's own before/peak pair is what is checked.
+    """
+    pipe = build_sd_pipeline(tmp_path / "vocab", text_vocab_size=500_000)  # 16M params in fp32
+    model_bytes = sum(p.numel() * p.element_size() for c in (pipe.text_encoder, pipe.unet, pipe.vae)
+                      for p in c.parameters())
+    assert model_bytes > 60 * 2**20
+    folder = save_folder(pipe, tmp_path / "heavy")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(folder), str(tmp_path / "m.png")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["kind"] == KIND_RSS_WINDOW
+    assert figures["peak"] - figures["before"] >= model_bytes
 
 
 def test_same_options_same_image_and_seed_matters(zoo, tmp_path):

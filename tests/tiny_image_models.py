@@ -18,8 +18,12 @@ from tiny_models import tiny_clip_tokenizer
 WORDS = ["a", "an", "the", "red", "blue", "green", "cat", "dog", "photo", "of", "on", "grass"]
 
 
-def build_sd_pipeline(workdir: Path):
-    """A StableDiffusionPipeline: 2-level UNet (8 latent px), CLIP 2 layers, 2-level VAE (16 px)."""
+def build_sd_pipeline(workdir: Path, text_vocab_size: int | None = None):
+    """A StableDiffusionPipeline: 2-level UNet (8 latent px), CLIP 2 layers, 2-level VAE (16 px).
+
+    `text_vocab_size` above the tokenizer's makes the text encoder's embedding table (and so
+    the model) as large as a memory test needs; the extra rows are never looked up.
+    """
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -27,7 +31,7 @@ def build_sd_pipeline(workdir: Path):
     torch.manual_seed(0)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            vocab_size=text_vocab_size or len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length, bos_token_id=0, eos_token_id=1,
             pad_token_id=1,
         )

@@ -1,13 +1,11 @@
 """Memory controls (attention slicing, model CPU offload, VAE slicing) and honest figures.
 
-Peak memory is what the accelerator allocator saw (`torch.cuda.max_memory_allocated`, reset
-before loading) on a GPU, and the process's peak resident set size on a CPU. The environment
-block names the software and hardware the figures were measured on.
+Peak-memory figures come from `ecad_ray.peak_memory` (one measure for "before" and "peak");
+the environment block names the software and hardware the figures were measured on.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -63,43 +61,6 @@ def _enable_attention_slicing(pipe) -> bool:
     if modules:
         pipe.enable_attention_slicing()
     return bool(modules)
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    """Start the GPU peak counter afresh (the CPU's peak RSS cannot be reset)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def current_memory(device: torch.device) -> int:
-    """Bytes held now: allocated on the GPU, or this process's resident set on a CPU.
-
-    Taken before loading, it shows how much of the peak the model and the run account for
-    (a CPU process's peak RSS includes the Python and library imports before it).
-    """
-    if device.type == "cuda":
-        return int(torch.cuda.memory_allocated(device))
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
-
-
-def peak_memory(device: torch.device) -> tuple[int, str]:
-    """(bytes, what was measured)."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device)), "torch.cuda.max_memory_allocated"
-    return _peak_rss_bytes(), "peak RSS of this process"
-
-
-def _peak_rss_bytes() -> int:
-    try:
-        import resource
-    except ImportError:  # Windows
-        import psutil
-
-        return int(psutil.Process().memory_info().peak_wset)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB
 
 
 def environment(device: torch.device) -> dict:

@@ -18,13 +18,7 @@ from ecad_ray.atomic import atomic_path
 from ecad_ray.errors import UserError
 from ecad_ray.image_tool.defaults import resolve_sampling, turbo_evidence
 from ecad_ray.image_tool.loader import load_model
-from ecad_ray.image_tool.memory import (
-    apply_memory_settings,
-    current_memory,
-    environment,
-    peak_memory,
-    reset_peak_memory,
-)
+from ecad_ray.image_tool.memory import apply_memory_settings, environment
 from ecad_ray.image_tool.options import ImageOptions, image_format
 from ecad_ray.image_tool.report import (
     ImageReport,
@@ -36,6 +30,7 @@ from ecad_ray.image_tool.report import (
 from ecad_ray.image_tool.schedule import attach_schedule, load_checked_schedule
 from ecad_ray.image_tool.schedulers import swap_scheduler
 from ecad_ray.models.loading import resolve_device
+from ecad_ray.peak_memory import MemoryWindow
 
 _DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
@@ -50,8 +45,7 @@ def generate_image(options: ImageOptions, emit: Callable[[str], None] | None = N
         emit(line)
     fmt = image_format(options.out)
 
-    reset_peak_memory(device)
-    report.memory_before_load_bytes = current_memory(device)
+    memory = MemoryWindow(device)
     began = time.perf_counter()
     loaded = load_model(options.model, options.dtype, device, offload=options.offload)
     _sync(device)
@@ -78,7 +72,9 @@ def generate_image(options: ImageOptions, emit: Callable[[str], None] | None = N
     report.out = str(options.out)
     _save_atomic(image, Path(options.out), fmt)
     report.total_seconds = time.perf_counter() - start
-    report.peak_memory_bytes, report.peak_memory_kind = peak_memory(device)
+    figures = memory.figures()
+    report.memory_before_load_bytes = figures.before_bytes
+    report.peak_memory_bytes, report.peak_memory_kind = figures.peak_bytes, figures.kind
     for line in result_lines(report):
         emit(line)
     return report
