@@ -7,9 +7,16 @@ sampling, so a resumed or subsampled run names a prompt the same way. `partition
 groups benchmarks report on: COCO megabatches (`megabatch_0`, ... of 3000 lines, as ECAD
 stores them), MJHQ-30K categories and PartiPrompts categories; it is "" for flat sets.
 
+COCO follows ECAD's `ecad/benchmark/generate_coco_embeddings.py`: it takes exactly 10
+megabatches of 3000 lines and names line `j` of megabatch `i` by the number `i*3000 + j`
+(so `megabatch_1` starts at `6000`, `megabatch_9` at `54000`). The ids here are those
+numbers, unpadded, so they match the names of ECAD's `.pt` files and images. Lines after the
+first 10 megabatches are dropped: ECAD never embeds them (its 30k file has 30,003 lines),
+and keeping them would add an 11th megabatch that no ECAD result or FID reference has.
+
 Formats (`DATASETS`):
 - `file`, `drawbench`: plain text, one prompt per line (blank lines skipped, ids keep counting).
-- `coco`: plain text captions, partitioned into megabatches of `megabatch_size` lines.
+- `coco`: plain text captions, 10 megabatches of `megabatch_size` lines, ids numbered as ECAD's.
 - `imagereward`: JSON list of `{"id": ..., "prompt": ...}` (ImageReward's benchmark file).
 - `mjhq`: MJHQ-30K `meta_data.json`: `{id: {"prompt": ..., "category": ...}}`.
 - `parti`: PartiPrompts TSV with a header `Prompt<TAB>Category<TAB>Challenge<TAB>Note`.
@@ -30,6 +37,7 @@ from ecad_ray.errors import UserError
 
 DATASETS = ("file", "drawbench", "coco", "imagereward", "mjhq", "parti")
 COCO_MEGABATCH = 3000  # lines per COCO megabatch (ECAD's megabatch_0..9 of the 30k captions)
+COCO_MEGABATCHES = 10  # megabatches ECAD embeds; later lines are dropped (see the module docstring)
 _CHUNK = 1 << 16  # characters read at a time by the streaming JSON reader
 _AFTER_VALUE = frozenset(",:]} \t\r\n")  # what may follow a complete JSON value
 
@@ -111,10 +119,34 @@ def _read_lines(path: Path, source: PromptSource) -> Iterator[dict]:
                 yield _row(f"{i:06d}", text)
 
 
+def coco_number(line: int, megabatch_size: int = COCO_MEGABATCH) -> int:
+    """ECAD's name for 0-based COCO line `line`: `i*size + line` in megabatch `i = line // size`."""
+    return (line // megabatch_size) * megabatch_size + line
+
+
+def coco_line(number: int, megabatch_size: int = COCO_MEGABATCH) -> int | None:
+    """The COCO line ECAD named `number` (inverse of `coco_number`); None if ECAD has no such name.
+
+    Megabatch `i` holds the numbers `2*i*size ... 2*i*size + size - 1`, so numbers in the gaps
+    (3000-5999, 9000-11999, ... for size 3000) and past the 10th megabatch name no line."""
+    megabatch, offset = divmod(number, 2 * megabatch_size)
+    if number < 0 or offset >= megabatch_size or megabatch >= COCO_MEGABATCHES:
+        return None
+    return megabatch * megabatch_size + offset
+
+
 def _read_coco(path: Path, source: PromptSource) -> Iterator[dict]:
-    """COCO captions, one per line, tagged `megabatch_<line // megabatch_size>`."""
+    """COCO captions, one per line: ECAD's 10 megabatches, ids numbered as ECAD names its files.
+
+    Only the first `COCO_MEGABATCHES * megabatch_size` lines are read; the rest are dropped
+    because ECAD never embeds them (see the module docstring)."""
+    size = source.megabatch_size
     for row in _read_lines(path, source):
-        row["partition"] = f"megabatch_{int(row['prompt_id']) // source.megabatch_size}"
+        line = int(row["prompt_id"])
+        if line >= COCO_MEGABATCHES * size:
+            return
+        row["prompt_id"] = str(coco_number(line, size))
+        row["partition"] = f"megabatch_{line // size}"
         yield row
 
 

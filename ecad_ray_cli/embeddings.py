@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from ecad_ray.prompt_sources import DATASETS
+
 embeddings_app = typer.Typer(help="Embeddings stores: import ECAD embeddings, show what a store holds.", no_args_is_help=True)
 
 
@@ -16,11 +18,25 @@ def import_cmd(
     dst: Annotated[Path, typer.Argument(help="Embeddings store to write (created if missing).")],
     model: Annotated[str, typer.Option(help="The model that made the embeddings (recorded on every record).")],
     shard_size: Annotated[int, typer.Option(help="Prompts per shard file.")] = 256,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(help="The prompt file the embeddings were made from: restores each prompt's text "
+                          "(ECAD's .pt files hold only tensors). Needs --dataset."),
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help=f"How ECAD named the files for --prompts: {' | '.join(DATASETS)} "
+                          "(coco: megabatch_<i>/<i*3000+line>.pt; mjhq: <category>/<id>.pt)."),
+    ] = None,
 ) -> None:
-    """Convert ECAD's pickled per-prompt embeddings (loaded weights-only) into a store."""
+    """Convert ECAD's pickled per-prompt embeddings (loaded weights-only) into a store.
+
+    ECAD's files carry no prompt text; give `--prompts FILE --dataset D` to map each file's
+    name back to its text (a name the file does not list stops the import, with one error line,
+    before anything is written). Without them every file must hold a "prompt" string."""
     from ecad_ray.ecad_import import import_ecad_embeddings
 
-    count = import_ecad_embeddings(src, dst, model, shard_size)
+    count = import_ecad_embeddings(src, dst, model, shard_size, prompts=prompts, dataset=dataset)
     typer.echo(f"imported {count} prompt(s) from {src} -> {dst}")
 
 

@@ -40,8 +40,34 @@ def test_coco_is_partitioned_into_megabatches():
     sizes = {p: sum(r["partition"] == p for r in rows) for p in {r["partition"] for r in rows}}
     assert sizes == {"megabatch_0": 10, "megabatch_1": 10, "megabatch_2": 5}
     assert rows[0]["prompt"] == "A man about to return a serve with his tennis racket"
+    # ECAD's numbering, scaled to the megabatch size: line j of megabatch i is i*size + j
+    assert [r["prompt_id"] for r in rows[9:12]] == ["9", "20", "21"]
+    assert rows[20]["prompt_id"] == "40"
     # default megabatch is ECAD's 3000 lines
     assert {r["partition"] for r in read("coco", "coco_captions_sample.txt")} == {"megabatch_0"}
+
+
+def test_coco_follows_ecads_ten_megabatches_of_3000_and_its_numbering(tmp_path):
+    """ECAD's generate_coco_embeddings.py: `for i in range(10): for j in range(i*3000, i*3000+3000):
+    prompts[i][i*3000 + j] = line j`; its 30k file has 30,003 lines, the last 3 never embedded."""
+    path = tmp_path / "COCO_caption_prompts_30k.txt"
+    lines = [f"caption {j}" for j in range(30003)]
+    path.write_text("\n".join(lines) + "\n")
+    rows = list(ps.iter_prompts(ps.PromptSource("coco", path)))
+    ecad = [(str(i * 3000 + j), lines[j], f"megabatch_{i}")
+            for i in range(10) for j in range(i * 3000, i * 3000 + 3000)]
+    assert [(r["prompt_id"], r["prompt"], r["partition"]) for r in rows] == ecad
+    assert len(rows) == 30000 and rows[-1]["prompt"] == "caption 29999"
+    first_of_1 = next(r for r in rows if r["partition"] == "megabatch_1")
+    assert (first_of_1["prompt_id"], first_of_1["prompt"]) == ("6000", "caption 3000")  # ECAD's megabatch_1/6000.pt
+    assert not {"caption 30000", "caption 30001", "caption 30002"} & {r["prompt"] for r in rows}
+
+
+def test_coco_numbers_map_back_to_lines():
+    assert [ps.coco_number(j) for j in (0, 2999, 3000, 29999)] == [0, 2999, 6000, 56999]
+    assert [ps.coco_line(n) for n in (0, 2999, 6000, 6001, 56999)] == [0, 2999, 3000, 3001, 29999]
+    assert [ps.coco_line(n) for n in (3000, 5999, 57000, 60000, -1)] == [None] * 5  # names ECAD never writes
+    assert all(ps.coco_line(ps.coco_number(j)) == j for j in range(0, 30000, 7))
 
 
 def test_imagereward_json_keeps_its_ids():
@@ -85,13 +111,13 @@ def test_json_numbers_split_across_chunks(tmp_path, monkeypatch):
 
 def test_limit_takes_the_first_prompts_and_seed_a_reproducible_sample():
     first = read("coco", "coco_captions_sample.txt", limit=5)
-    assert [r["prompt_id"] for r in first] == [f"{i:06d}" for i in range(5)]
+    assert [r["prompt_id"] for r in first] == [str(i) for i in range(5)]
     a = read("coco", "coco_captions_sample.txt", limit=5, seed=3)
     b = read("coco", "coco_captions_sample.txt", limit=5, seed=3)
     c = read("coco", "coco_captions_sample.txt", limit=5, seed=4)
     assert a == b and a != c and len(a) == 5
     ids = [r["prompt_id"] for r in a]
-    assert ids == sorted(ids) and len(set(ids)) == 5  # file order, no repeats
+    assert ids == sorted(ids, key=int) and len(set(ids)) == 5  # file order, no repeats
     assert read("coco", "coco_captions_sample.txt", limit=100, seed=1) == read("coco", "coco_captions_sample.txt")
 
 
@@ -146,9 +172,10 @@ def test_embed_fills_partitions_and_resumes(tmp_path):
     second = CliRunner().invoke(app, [*args, "--limit", "12"], catch_exceptions=False)
     assert "embedded 4 prompt(s), 8 already stored" in second.output
     index = EmbeddingStore(store).index().to_pylist()
-    assert sorted(r["prompt_id"] for r in index) == [f"{i:06d}" for i in range(12)]
+    # ECAD's COCO numbering at megabatch size 6: lines 0-5 -> 0-5, lines 6-11 -> 12-17
+    assert sorted((int(r["prompt_id"]) for r in index)) == [*range(6), *range(12, 18)]
     assert {r["model"] for r in index} == {"demo"}
-    assert {r["partition"] for r in index if r["prompt_id"] == "000007"} == {"megabatch_1"}
+    assert {r["partition"] for r in index if r["prompt_id"] == "13"} == {"megabatch_1"}
     # generate finds them by prompt text, as --input-embeddings does
     lines = (DATA / "coco_captions_sample.txt").read_text().splitlines()
     assert set(lines[:12]) <= set(EmbeddingStore(store).lookup("demo", ""))
