@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -93,9 +95,13 @@ class GeneratorStage(Stage):
         torch.set_num_threads(threads)
         self.generator = ImageGenerator(spec, ImageSettings(**settings), device, dtype, schedule_path)
         self.reader = ShardReader(store_root)
+        self.batches_done = 0
 
     def __call__(self, batch: dict) -> dict:
         n = self.check(batch)
+        if self.batches_done == 1:
+            _stream_test_gate()
+        self.batches_done += 1
         refs = [EmbeddingRef(str(s), int(r)) for s, r in zip(batch["shard"], batch["row"])]
         embeddings = self.reader.gather(refs)
         seeds = [int(s) for s in batch["seed"]]
@@ -105,6 +111,29 @@ class GeneratorStage(Stage):
         batch["image"] = images
         batch["seconds"] = np.full(n, (time.perf_counter() - start) / n)
         return batch
+
+
+STREAM_TEST_GATE_ENV = "ECAD_RAY_TEST_STREAM_GATE"
+
+
+def _stream_test_gate(timeout: float = 60.0) -> None:
+    """Test-only: hold the second batch until the driver says it holds the first.
+
+    Unset (always, outside the streaming test) this returns at once. Set to a folder, the
+    actor waits for `driver-has-batch-1` there, which the test's progress callback writes on
+    the first batch it receives; if it never comes (the driver only gets batch 1 once batch 2
+    exists, i.e. the plan buffers) the actor writes `gate-timed-out` and carries on, so a
+    buffering plan fails the test instead of hanging it. A deterministic check, not a timing race.
+    """
+    folder = os.environ.get(STREAM_TEST_GATE_ENV)
+    if not folder:
+        return
+    deadline = time.monotonic() + timeout
+    while not (Path(folder) / "driver-has-batch-1").exists():
+        if time.monotonic() > deadline:
+            (Path(folder) / "gate-timed-out").touch()
+            return
+        time.sleep(0.05)
 
 
 class EncodeThenGenerateStage(Stage):

@@ -149,6 +149,7 @@ def main() -> None:
 
     from ecad_ray.judge import score
     from ecad_ray.models.demo import WEIGHTS_PATH, build_pipeline, sample_images
+    from ecad_ray.shapes import heldout_captions
     from benchmarks.demo_quality import grid_png
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -160,7 +161,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    heldout = [x for x in Path("prompts/demo_heldout.txt").read_text().splitlines() if x][: args.captions]
+    heldout = heldout_captions(args.captions)
     captions = [c for _ in range(args.seeds) for c in heldout]
     pipe = build_pipeline(weights=args.weights)
 

@@ -41,7 +41,7 @@ def main() -> None:
 
     from ecad_ray.judge import features, frechet_distance, score
     from ecad_ray.models.demo import WEIGHTS_PATH, build_pipeline, sample_images
-    from ecad_ray.shapes import render_captions
+    from ecad_ray.shapes import heldout_captions, render_captions
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--captions", type=int, default=64, help="held-out captions to use")
@@ -52,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    heldout = [x for x in Path("prompts/demo_heldout.txt").read_text().splitlines() if x][: args.captions]
+    heldout = heldout_captions(args.captions)
     captions = [c for _ in range(args.seeds) for c in heldout]
     pipe = build_pipeline(weights=args.weights)
     t = time.time()
@@ -71,7 +71,8 @@ def main() -> None:
     print(f"{'real (other draw)':<22} {real_fid.colour:>7.1%} {real_fid.shape:>7.1%} {real_fid.position:>8.1%} "
           f"{real_fid.size:>6.1%} {frechet_distance(fb, fa):>12.2f}")
     if args.grid:
-        prompts = [x for x in Path("prompts/demo.txt").read_text().splitlines() if x][:8]
+        demo_prompts = Path(__file__).resolve().parents[1] / "prompts" / "demo.txt"
+        prompts = [x for x in demo_prompts.read_text().splitlines() if x][:8]
         grid_png([render_captions(prompts, seed=5).images, sample_images(pipe, prompts, seed=7)], args.grid)
         print(f"grid -> {args.grid} (top: real, bottom: generated) for: " + " | ".join(prompts))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -37,6 +38,7 @@ RELATIONS = ("above", "below", "left of", "right of")
 LAYOUTS = ("single", "vertical", "horizontal")  # how the judge sees an arrangement
 COLOUR_NAMES = tuple(COLOURS)
 VAL_FRACTION = 0.1
+HELDOUT_PROMPTS = Path(__file__).resolve().parents[1] / "prompts" / "demo_heldout.txt"  # never trained on
 
 
 @dataclass(frozen=True)
@@ -289,3 +291,9 @@ def render_captions(captions: list[str], seed: int, size: int = IMAGE_SIZE) -> S
     scenes = [scene_for_caption(c, rng) for c in captions]
     images = np.stack([render(s, rng, size) for s in scenes])
     return ShapeData(images, scenes)
+
+
+def heldout_captions(limit: int | None = None) -> list[str]:
+    """The demo's held-out captions (`prompts/demo_heldout.txt`), wherever the caller runs from."""
+    lines = [x for x in HELDOUT_PROMPTS.read_text().splitlines() if x]
+    return lines if limit is None else lines[:limit]

@@ -237,17 +237,33 @@ def test_tgate_without_cfg_keeps_the_batch(pixart):
     torch.testing.assert_close(hooked, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_demo_baseline_schedules_apply_to_the_demo_model(demo_pipe):
-    files = sorted((Path(__file__).resolve().parents[1] / "schedules" / "demo").glob("*.json"))
-    assert files, "schedules/demo holds the demo baselines"
+DEMO_SCHEDULES = sorted((Path(__file__).resolve().parents[1] / "schedules" / "demo").glob("*.json"))
+
+
+def test_the_demo_baselines_are_shipped():
+    names = {p.stem for p in DEMO_SCHEDULES}
+    assert {"default", "recompute_all_every_002", "recompute_all_every_003"} <= names and len(names) >= 5
+
+
+@pytest.mark.parametrize("path", DEMO_SCHEDULES, ids=lambda p: p.stem)
+def test_each_demo_baseline_does_what_its_file_says_on_the_demo_model(demo_pipe, path):
+    """Output equals the naive oracle of the same schedule, the cache serves exactly the
+    schedule's `false` entries, and only the all-`true` default leaves the pixels as they were."""
+    schedule = load_schedule(path)
     spec = resolve_spec("demo")
-    for path in files:
-        schedule = load_schedule(path)
-        with apply_schedule(demo_pipe, schedule) as handle:
-            _demo_run(demo_pipe, steps=schedule.num_inference_steps)
-        assert handle.stats.runs == 1, path
-        assert spec.num_blocks == schedule.num_blocks
-    assert spec_from_transformer(demo_pipe.transformer).num_blocks == spec.num_blocks
+    assert schedule.num_blocks == spec.num_blocks == spec_from_transformer(demo_pipe.transformer).num_blocks
+    steps = schedule.num_inference_steps
+    with apply_schedule(demo_pipe, schedule) as handle:
+        hooked = _demo_run(demo_pipe, steps=steps)
+    with oracle_schedule(demo_pipe.transformer, schedule, cfg=True):
+        expected = _demo_run(demo_pipe, steps=steps)
+    entries = [schedule.recompute(step, b, c) for step in range(steps) for b in schedule.blocks()
+               for c in schedule.components(b)]
+    assert handle.stats.runs == 1
+    assert (handle.stats.computed, handle.stats.reused) == (entries.count(True), entries.count(False))
+    torch.testing.assert_close(hooked, expected, rtol=1e-5, atol=1e-6)
+    stock = _demo_run(demo_pipe, steps=steps)
+    assert torch.equal(hooked, stock) == all(entries)
 
 
 @pytest.mark.filterwarnings("ignore:schedule random_.*nothing cached")

@@ -1,7 +1,5 @@
 """The trained demo model: training path == pipeline path, shipped weights, and the quality gate."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -17,9 +15,10 @@ from ecad_ray.models.demo import (
     sample_images,
     save_weights,
 )
+from ecad_ray.shapes import heldout_captions
 
 SHAPE_FLOOR = 0.6  # chance is 0.25; the shipped weights measure 0.727 here, the previous ones 0.545
-HELDOUT = [x for x in Path("prompts/demo_heldout.txt").read_text().splitlines() if x]
+HELDOUT = heldout_captions()
 
 
 def test_training_embeddings_are_the_pipelines_embeddings():

@@ -5,6 +5,7 @@ import pytest
 
 from ecad_ray.shapes import (
     COLOURS,
+    heldout_captions,
     is_val_caption,
     make_dataset,
     parse_caption,
@@ -28,9 +29,7 @@ def test_train_and_val_captions_never_overlap():
 
 
 def test_heldout_prompt_file_is_val_only_and_parses():
-    from pathlib import Path
-
-    lines = [x for x in Path("prompts/demo_heldout.txt").read_text().splitlines() if x]
+    lines = heldout_captions()
     assert len(lines) >= 32
     assert all(parse_caption(c) is not None and is_val_caption(c) for c in lines)
 

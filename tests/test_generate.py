@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from ecad_ray.config import GenerateConfig
 from ecad_ray.embeddings import EmbeddingStore
 from ecad_ray.errors import UserError
 
+ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ("a small red circle above a blue square", "a large green triangle", "a yellow square")
 
 
@@ -252,7 +254,7 @@ def test_gpu_run_matches_itself_across_batch_sizes(tmp_path, ray_local):
     assert all(np.abs(a[k].astype(int) - b[k].astype(int)).max() <= 1 for k in a)
 
 
-SCHEDULES = Path(__file__).resolve().parents[1] / "schedules" / "demo"
+SCHEDULES = ROOT / "schedules" / "demo"
 
 
 def test_schedules_through_generate_and_benchmark(base_run, tmp_path):
@@ -286,38 +288,73 @@ def test_schedules_through_generate_and_benchmark(base_run, tmp_path):
     assert macs["recompute_all_every_002"] < 0.6 * macs["default"]
 
 
-def test_metric_actors_score_inside_the_stream(base_run, tmp_path):
-    """Same settings as the reference run: PSNR is infinite, LPIPS 0, FID ~ 0, for every image."""
+def test_metric_actors_score_inside_the_stream_as_the_offline_metrics_do(base_run, tmp_path):
+    """A cached run scored in the stream against the uncached run of the same prompts and seeds:
+    the in-stream PSNR is the textbook formula on the two PNGs, and every value (and FID)
+    equals what `ecad-ray metrics` computes afterwards from the files."""
     import math
 
     from ecad_ray.metrics.config import MetricsConfig
+    from ecad_ray.metrics.evaluate import evaluate_run
 
     out, _ = base_run
+    embeddings = str(out / "embeddings")
+    run_generate(config(tmp_path / "plain", input_embeddings=embeddings, prompts=(), steps=20, batch_size=6))
     metrics = MetricsConfig(metrics=("psnr", "ssim", "lpips", "fid"), fid_extractor="pixels", lpips_random_backbone=True)
-    run_generate(config(tmp_path / "scored", batch_size=8, metrics=metrics, reference=str(out),
-                        fid_ref=str(out / "images")))
-    table = pq.read_table(tmp_path / "scored" / "metrics.parquet").to_pylist()
-    assert len(table) == 6
-    assert all(math.isinf(r["psnr"]) and r["lpips"] == pytest.approx(0, abs=1e-6) and r["ssim"] == pytest.approx(1)
-               for r in table)
-    summary = pq.read_table(tmp_path / "scored" / "summary.parquet").to_pylist()
-    assert len(summary) == 1 and summary[0]["fid"] == pytest.approx(0, abs=1e-3)
+    run_generate(config(tmp_path / "fora", input_embeddings=embeddings, prompts=(), steps=None, batch_size=4,
+                        schedule=str(SCHEDULES / "recompute_all_every_002.json"), metrics=metrics,
+                        reference=str(tmp_path / "plain"), fid_ref=str(tmp_path / "plain" / "images")))
+    streamed = {r["image_path"]: r for r in pq.read_table(tmp_path / "fora" / "metrics.parquet").to_pylist()}
+    streamed_fid = pq.read_table(tmp_path / "fora" / "summary.parquet").to_pylist()[0]["fid"]
+    assert len(streamed) == 6
+    for path, row in streamed.items():
+        image = np.asarray(Image.open(tmp_path / "fora" / path), dtype=np.float64)
+        ref = np.asarray(Image.open(tmp_path / "plain" / "images" / Path(path).name), dtype=np.float64)
+        assert row["psnr"] == pytest.approx(10 * math.log10(255**2 / np.mean((image - ref) ** 2)), rel=1e-9)
+        assert 10 < row["psnr"] < 60 and 0 < row["ssim"] < 1 and row["lpips"] > 0  # changed, not ruined
+    evaluate_run(tmp_path / "fora", metrics, reference_dir=tmp_path / "plain", fid_ref=str(tmp_path / "plain" / "images"))
+    offline = {r["image_path"]: r for r in pq.read_table(tmp_path / "fora" / "metrics.parquet").to_pylist()}
+    assert offline.keys() == streamed.keys()
+    for path, row in offline.items():
+        for metric in ("psnr", "ssim", "lpips"):
+            assert row[metric] == pytest.approx(streamed[path][metric], rel=1e-6), (path, metric)
+    offline_fid = pq.read_table(tmp_path / "fora" / "summary.parquet").to_pylist()[0]["fid"]
+    assert offline_fid == pytest.approx(streamed_fid, rel=1e-6) and offline_fid > 0
 
 
-def test_first_batch_reaches_the_driver_before_later_batches_are_written(tmp_path, ray_local):
-    """Streaming, not buffering: the driver (progress bar, metric tables) sees batch 1 while the
-    generator is still on later batches. Ray Data's default one-batch prefetch held each batch
-    back until the next one had been written (measured: first image 5 s later at 64x64)."""
-    images = tmp_path / "images"
-    on_disk_at_first = []
+_STREAM_PROBE = """
+import sys
+from pathlib import Path
+from actors.plan import run_generate
+from ecad_ray.config import GenerateConfig
 
-    def progress(done, total):
-        if not on_disk_at_first:
-            on_disk_at_first.append(len(list(images.glob("*.png"))))
+out, gate = Path(sys.argv[1]), Path(sys.argv[2])
 
-    run_generate(config(tmp_path, batch_size=2, steps=20, num_images_per_prompt=2), progress=progress)
-    assert len(list(images.glob("*.png"))) == 6
-    assert on_disk_at_first == [2]  # only the first batch; each later batch takes 20 denoising steps
+def progress(done, total):
+    (gate / "driver-has-batch-1").touch()
+
+run_generate(GenerateConfig(model="demo", output_dir=str(out), prompts=("a red circle", "a blue square", "a yellow square"),
+                            steps=4, num_images_per_prompt=2, batch_size=2), progress=progress)
+"""
+
+
+def test_first_batch_reaches_the_driver_before_the_second_is_generated(tmp_path):
+    """Streaming, not buffering: the driver (progress bar, metric tables) holds batch 1 before the
+    generator has made batch 2. The generator's test gate holds batch 2 until the driver reports
+    batch 1, so a plan that buffers (Ray Data's default one-batch prefetch did: first image 5 s
+    later at 64x64) times the gate out instead of passing. A fresh Ray in a fresh process, so
+    the actor inherits the gate's environment variable."""
+    from actors.generation import STREAM_TEST_GATE_ENV
+
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    env = {**os.environ, STREAM_TEST_GATE_ENV: str(gate)}
+    done = subprocess.run([sys.executable, "-c", _STREAM_PROBE, str(tmp_path / "run"), str(gate)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(list((tmp_path / "run" / "images").glob("*.png"))) == 6
+    assert (gate / "driver-has-batch-1").exists()
+    assert not (gate / "gate-timed-out").exists(), "the driver got batch 1 only after batch 2 was generated"
 
 
 def test_ray_session_starts_its_own_ray_unless_given_an_address(monkeypatch):
