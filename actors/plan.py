@@ -43,13 +43,54 @@ class RunSummary:
 
 @contextlib.contextmanager
 def ray_session(address: str | None, num_cpus: int):
-    """Join `address` (or $RAY_ADDRESS) or start a local Ray for the run; leave an initialised Ray alone."""
+    """Join `address` (or $RAY_ADDRESS) or start a local Ray on loopback for the run; leave an
+    initialised Ray alone."""
     import ray
 
     if ray.is_initialized():
         yield
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    address = address or os.environ.get("RAY_ADDRESS")  # set for a Ray Job's driver: join its cluster
+    with contextlib.nullcontext() if address else loopback_only(), _ray_started(address, num_cpus):
+        yield
+
+
+CLUSTER_MODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def loopback_only():
+    """While a local Ray starts, make every one of its servers bind to 127.0.0.1 only.
+
+    Ray binds its servers (GCS, raylet, workers, object manager) to the node's IP, which on
+    Linux it finds "from the perspective" of the network, so a plain local `ray.init` listens
+    on every interface. With cluster mode off (the switch Ray itself uses on macOS and
+    Windows) the node IP is the loopback address. Ray reads the switch when it is imported,
+    so the module constant is set too in case something imported Ray earlier; both are put
+    back afterwards so a later `--address` join in the same process is unaffected.
+    Token authentication stays as Ray sets it (on by default): the project never disables it.
+    """
+    saved = os.environ.get(CLUSTER_MODE_ENV)
+    os.environ[CLUSTER_MODE_ENV] = "0"
+    from ray._private import ray_constants
+
+    was = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = was
+        if saved is None:
+            os.environ.pop(CLUSTER_MODE_ENV, None)
+        else:
+            os.environ[CLUSTER_MODE_ENV] = saved
+
+
+@contextlib.contextmanager
+def _ray_started(address: str | None, num_cpus: int):
+    """`ray.init` for one run (joining `address`, or a Ray of our own), shut down afterwards."""
+    import ray
+
     # Ray Data's actors always log a C++ "constructor arguments in the object store" notice;
     # RAY_BACKEND_LOG_LEVEL=info brings backend logs back when debugging a cluster.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
@@ -57,7 +98,6 @@ def ray_session(address: str | None, num_cpus: int):
     # ray.init mostly waits on the processes it starts; import Ray Data (~1.4 s) meanwhile.
     preload = threading.Thread(target=importlib.import_module, args=("ray.data",), daemon=True)
     preload.start()
-    address = address or os.environ.get("RAY_ADDRESS")  # set for a Ray Job's driver: join its cluster
     if address:
         ray.init(address=address, **kwargs)
     else:

@@ -27,7 +27,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -128,6 +127,8 @@ def fresh_process_model_load(cfg: GenerateConfig) -> float:
 def pipeline_on_running_ray(cfg: GenerateConfig) -> dict:
     """Start a private local head the way a user would (`ray start --head`), time the second
     run that joins it, then stop it (only it: other Ray instances on the machine are left alone)."""
+    from actors.plan import CLUSTER_MODE_ENV
+
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -135,6 +136,7 @@ def pipeline_on_running_ray(cfg: GenerateConfig) -> dict:
         [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--port={port}",
          "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, CLUSTER_MODE_ENV: "0"},  # a one-machine head: its servers on loopback only
     )
     try:
         _wait_for_port(port, head)

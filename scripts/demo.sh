@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled
+export HF_HUB_OFFLINE=1
 .venv/bin/ecad-ray generate --model demo --prompt-file prompts/demo.txt --output-dir runs/demo "$@"

@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled OMP_NUM_THREADS=1
+export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
 .venv/bin/python -m pytest -q "$@"

@@ -1,9 +1,8 @@
-"""Shared test set-up: one torch thread per process, offline hub, no Ray auth token."""
+"""Shared test set-up: one torch thread per process, offline hub; Ray keeps its token auth on."""
 
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
@@ -27,7 +26,10 @@ def ray_local():
     """One local Ray for the whole test session (4 logical CPUs on this 2-core machine)."""
     import ray
 
+    from actors.plan import loopback_only
+
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+        with loopback_only():
+            ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
