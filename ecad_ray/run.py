@@ -44,7 +44,7 @@ class RunPlan:
     jobs: list[dict]  # one row per image still to generate
     kept: list[dict]  # result rows of complete images found on disk (resume)
     num_prompts: int
-    macs: int | None = None  # transformer MACs per image (ECAD's convention), when the model's shapes are known
+    macs: int | None = None  # transformer MACs per image (`model` convention: the model's own text length)
 
 
 def plan_run(config: GenerateConfig) -> RunPlan:
@@ -250,6 +250,7 @@ def write_run_json(plan: RunPlan, fields: dict) -> None:
         "model_spec": {k: v for k, v in asdict(plan.spec).items() if k != "notes"},
         "embeddings": str(plan.store_root),
         "macs": plan.macs,
+        "macs_convention": "model",  # ecad_ray.caching.macs.MODEL: the text length the model runs
         "versions": package_versions(),
         "platform": platform.platform(),
         "python": platform.python_version(),

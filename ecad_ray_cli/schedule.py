@@ -34,6 +34,23 @@ def _spec_for(schedule, model: str | None):
     return spec
 
 
+ConventionOption = Annotated[
+    str,
+    typer.Option(help="Text length to count: model (the tokens the model runs: PixArt-Σ 300) or ecad "
+                      "(ECAD's published metrics: 120 for every PixArt)."),
+]
+
+
+def _macs_line(report, agree: bool = False) -> str:
+    """`N MACs (T TMACs; <convention> convention: K text tokens)`: a total that names its convention.
+
+    `agree` says both conventions count the same text length (PixArt-α, FLUX, demo), so the
+    one figure is both the real cost and ECAD's.
+    """
+    label = "model and ecad conventions agree" if agree else f"{report.convention} convention"
+    return f"{report.total} MACs ({report.total / 1e12:.3f} TMACs; {label}: {report.text_tokens} text tokens)"
+
+
 def _at_size(spec, height: Optional[int], width: Optional[int]):
     if height is None and width is None:
         return spec
@@ -46,13 +63,19 @@ def info(
     model: Annotated[Optional[str], typer.Option(help="Model to cost it on (default: PixArt-XL-2 or FLUX.1-dev by family).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
 ) -> None:
-    """Family, blocks, steps, fraction recomputed per component and total MACs of a schedule."""
+    """Family, blocks, steps, fraction recomputed per component and total MACs of a schedule.
+
+    MACs come in both conventions: `total_macs` at the text length the model runs, and
+    `ecad_total_macs` at the one ECAD's published `metrics` use (`published_total_macs`).
+    """
     from ecad_ray.caching import load_schedule, schedule_mac_report, validate_schedule
+    from ecad_ray.caching.macs import ECAD, MODEL
 
     schedule = load_schedule(file)
     spec = _spec_for(schedule, model)
     validate_schedule(schedule, spec, source=str(file))
-    report = schedule_mac_report(schedule, spec)
+    report = schedule_mac_report(schedule, spec, convention=MODEL)
+    ecad = schedule_mac_report(schedule, spec, convention=ECAD)
     published = (schedule.metrics or {}).get("total_macs")
     out = {
         "file": str(file),
@@ -67,8 +90,13 @@ def info(
         "height": spec.height,
         "width": spec.width,
         "total_macs": report.total,
+        "macs_convention": MODEL,
+        "text_tokens": report.text_tokens,
+        "ecad_total_macs": ecad.total,
+        "ecad_text_tokens": ecad.text_tokens,
         "mac_ratio": round(report.ratio, 4),
         "published_total_macs": published,
+        "published_convention": ECAD if published is not None else None,
     }
     if as_json:
         typer.echo(json.dumps(out))
@@ -76,8 +104,12 @@ def info(
     for key, value in out.items():
         if key == "recompute_fraction":
             value = ", ".join(f"{k} {v:.1%}" for k, v in value.items())
-        elif key in ("total_macs", "published_total_macs") and value is not None:
-            value = f"{value} ({value / 1e12:.3f} TMACs)"
+        elif key == "total_macs":
+            value = _macs_line(report, agree=report.text_tokens == ecad.text_tokens)
+        elif key == "ecad_total_macs":
+            value = _macs_line(ecad, agree=report.text_tokens == ecad.text_tokens)
+        elif key == "published_total_macs" and value is not None:
+            value = f"{value} MACs ({value / 1e12:.3f} TMACs; {ECAD} convention)"
         typer.echo(f"{key:22s} {value}")
 
 
@@ -102,16 +134,26 @@ def macs(
     height: Annotated[Optional[int], typer.Option(help="Image height (default: the model's).")] = None,
     width: Annotated[Optional[int], typer.Option(help="Image width (default: the model's).")] = None,
     by_step: Annotated[bool, typer.Option(help="Also print MACs per step and per component.")] = False,
+    convention: ConventionOption = "model",
 ) -> None:
-    """Print the schedule's total MACs (ECAD's counting: transformer linears, batch 2)."""
+    """Print the schedule's total MACs (ECAD's counting: transformer linears, batch 2).
+
+    The first line is the `--convention` total, named; where the other convention counts a
+    different text length (PixArt-Σ: 300 run, 120 published by ECAD) a second line gives it.
+    """
     from ecad_ray.caching import load_schedule, schedule_mac_report, validate_schedule
+    from ecad_ray.caching.macs import CONVENTIONS, conventions_differ
     from ecad_ray.caching.spec import resolve_spec
 
     schedule = load_schedule(file)
     spec = _at_size(resolve_spec(model), height, width)
     validate_schedule(schedule, spec, source=str(file))
-    report = schedule_mac_report(schedule, spec)
-    typer.echo(str(report.total))
+    report = schedule_mac_report(schedule, spec, convention=convention)
+    differ = conventions_differ(spec)
+    typer.echo(_macs_line(report, agree=not differ))
+    if differ:
+        other = next(c for c in CONVENTIONS if c != convention)
+        typer.echo(_macs_line(schedule_mac_report(schedule, spec, convention=other)))
     if by_step:
         for step, value in report.by_step.items():
             typer.echo(f"step {step} {value}")

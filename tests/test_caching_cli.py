@@ -36,8 +36,8 @@ def test_info_text_for_flux():
 
 
 def test_macs_prints_the_total():
-    assert _ok("macs", ECAD / "alpha_cache_schedules/gen_default/default.json", "--model", "pixart-alpha-256").strip() \
-        == "5713796136960"
+    out = _ok("macs", ECAD / "alpha_cache_schedules/gen_default/default.json", "--model", "pixart-alpha-256")
+    assert out.split()[0] == "5713796136960" and "120 text tokens" in out.splitlines()[0]
     out = _ok("macs", FAST, "--model", "pixart-alpha-256", "--by-step")
     assert "step 019" in out and "component attn1" in out
 

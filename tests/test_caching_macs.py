@@ -1,52 +1,190 @@
-"""Analytic MACs: agree with ECAD's published totals and with a count over real module shapes."""
+"""Analytic MACs: every published total reproduced in ECAD's convention, the real cost beside
+it, and the formulas equal to a count over real module shapes."""
 
+import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
-from ecad_ray.caching import load_schedule, schedule_mac_report, schedule_macs, shipped_spec
-from ecad_ray.caching.macs import always_macs, component_macs
+from ecad_ray.caching import load_schedule, resolve_spec, schedule_mac_report, schedule_macs, shipped_spec
+from ecad_ray.caching.macs import always_macs, component_macs, conventions_differ
 from ecad_ray.caching.schedule import make_schedule
 from ecad_ray.caching.spec import shipped_config
+from ecad_ray.errors import UserError
 
-ECAD = Path(__file__).resolve().parents[1] / "schedules"  # ECAD's published schedules, copied
-PIXART_ALPHA = sorted(
-    p for p in ECAD.rglob("*.json") if "flux" not in str(p) and "sigma" not in str(p) and "demo" not in p.parts
-)
-FLUX = sorted(p for p in ECAD.rglob("*.json") if "flux" in str(p))
+SCHEDULES = Path(__file__).resolve().parents[1] / "schedules"  # ECAD's published files (copied) + demo
+FILES = sorted(SCHEDULES.rglob("*.json"))  # every file, no filter: each must be classified below
+
+# The model each file's metrics were counted for; the longest matching path prefix wins.
+MODEL_OF_PREFIX = {
+    "alpha_cache_schedules/": "pixart-alpha-256",
+    "sigma_cache_schedules/": "pixart-sigma-256",
+    "flux_cache_schedules/": "flux-dev",
+    "schedules_in_paper/pixart_alpha_256/": "pixart-alpha-256",
+    "schedules_in_paper/pixart_alpha_ablations/": "pixart-alpha-256",
+    "schedules_in_paper/pixart_alpha_to_sigma_transfer/pixart_alpha_": "pixart-alpha-256",
+    "schedules_in_paper/pixart_alpha_to_sigma_transfer/pixart_sigma_": "pixart-sigma-256",
+    "schedules_in_paper/pixart_sigma_256/": "pixart-sigma-256",
+    "schedules_in_paper/flux_256/": "flux-dev",
+    "schedules_in_paper/flux_256_to_1024/": "flux-dev",
+    "demo/": "demo",  # the project's own baselines, written by `schedule make`
+}
+# Files per model in the copy: a family whose folder vanishes or stops matching fails the count.
+EXPECTED_COUNTS = {"pixart-alpha-256": 36, "pixart-sigma-256": 4, "flux-dev": 26, "demo": 6}
+
+
+def _rel(path: Path) -> str:
+    return path.relative_to(SCHEDULES).as_posix()
+
+
+def model_of(path: Path) -> str | None:
+    """The model a schedule file was published for (None: no rule covers it)."""
+    rel = _rel(path)
+    matches = [prefix for prefix in MODEL_OF_PREFIX if rel.startswith(prefix)]
+    return MODEL_OF_PREFIX[max(matches, key=len)] if matches else None
 
 
 def _spec_for(schedule, name):
-    spec = shipped_spec(name)
+    """The model's spec at the image size the schedule's `config` names (FLUX 1024² files)."""
+    spec = resolve_spec(name)
     height = (schedule.config or {}).get("height")
-    return spec.at_size(height, height) if height else spec
+    return spec.at_size(height, (schedule.config or {}).get("width", height)) if height else spec
 
 
-@pytest.mark.parametrize("path", PIXART_ALPHA + FLUX, ids=lambda p: str(p.relative_to(ECAD)))
-def test_total_macs_within_2_percent_of_published(path):
+def test_every_schedule_file_is_checked_and_no_family_is_left_out():
+    unclassified = [_rel(p) for p in FILES if model_of(p) is None]
+    assert not unclassified, f"no model rule for {unclassified}: add one to MODEL_OF_PREFIX"
+    assert Counter(model_of(p) for p in FILES) == EXPECTED_COUNTS
+
+
+@pytest.mark.parametrize("path", FILES, ids=_rel)
+def test_published_totals_and_steps_match_exactly_in_ecad_convention(path):
+    model = model_of(path)
+    assert model is not None, f"{_rel(path)}: no model rule, so its metrics would go unchecked"
     schedule = load_schedule(path)
-    spec = _spec_for(schedule, "flux-dev" if schedule.family == "flux" else "pixart-alpha-256")
-    published = schedule.metrics["total_macs"]
-    assert abs(schedule_macs(schedule, spec) / published - 1) < 0.02
+    report = schedule_mac_report(schedule, _spec_for(schedule, model), convention="ecad")
+    published = schedule.metrics
+    assert report.total == published["total_macs"]
+    assert report.by_step == {k: v["macs"] for k, v in published["by_inference_step"].items()}
+    assert report.convention == "ecad"
+    assert report.text_tokens == {"pixart-alpha-256": 120, "pixart-sigma-256": 120, "flux-dev": 512, "demo": 16}[model]
 
 
-def test_headline_pixart_numbers():
+def _sigma_text_token_macs(path: Path) -> int:
+    """MACs one text token costs over a PixArt-XL-2 run, by hand from the schedule JSON.
+
+    Per sample and step the caption projection (4096 -> 1152 -> 1152) runs once; every attn2
+    that is computed (true, or not computed before) projects keys and values (2 x 1152 x 1152).
+    ECAD's batch is 2 (CFG). None of ECAD's Σ files uses TGATE, which would halve the batch.
+    """
+    d, caption, samples = 1152, 4096, 2
+    steps = json.loads(path.read_text())["cache_schedule"]["schedule"]
+    total, computed = 0, set()
+    for step in sorted(steps):
+        attn2 = 0
+        for block, entry in steps[step].items():
+            if entry["attn2"] or block not in computed:
+                computed.add(block)
+                attn2 += 1
+        total += samples * (caption * d + d * d + attn2 * 2 * d * d)
+    return total
+
+
+def test_sigma_files_are_all_found():
+    assert [_rel(p) for p in FILES if model_of(p) == "pixart-sigma-256"] == [
+        "schedules_in_paper/pixart_alpha_to_sigma_transfer/pixart_sigma_from_alpha_gen_200.json",
+        "schedules_in_paper/pixart_alpha_to_sigma_transfer/pixart_sigma_from_alpha_gen_250.json",
+        "schedules_in_paper/pixart_sigma_256/ours_fast.json",
+        "sigma_cache_schedules/gen_default/default.json",
+    ]
+
+
+@pytest.mark.parametrize("path", [p for p in FILES if model_of(p) == "pixart-sigma-256"], ids=_rel)
+def test_sigma_model_convention_adds_exactly_the_180_text_tokens_ecad_left_out(path):
+    schedule = load_schedule(path)
+    spec = shipped_spec("pixart-sigma-256")
+    config = shipped_config("pixart-sigma-256")["transformer"]
+    assert config["caption_channels"] == 4096 and config["num_attention_heads"] * config["attention_head_dim"] == 1152
+    assert (spec.text_len, spec.ecad_text_len) == (300, 120) and conventions_differ(spec)
+    model = schedule_macs(schedule, spec, convention="model")
+    ecad = schedule_macs(schedule, spec, convention="ecad")
+    assert ecad == schedule.metrics["total_macs"]
+    assert model - ecad == (300 - 120) * _sigma_text_token_macs(path)
+    assert 0.087 < model / ecad - 1 < 0.102  # the 8.7-10.1 % the old single count hid
+    assert schedule_macs(schedule, spec) == model  # the default is the real cost
+
+
+def test_alpha_flux_and_demo_conventions_coincide():
+    for name in ("pixart-alpha-256", "flux-dev", "demo"):
+        assert not conventions_differ(resolve_spec(name))
+    schedule = load_schedule(SCHEDULES / "schedules_in_paper/pixart_alpha_256/ours_fast.json")
     spec = shipped_spec("pixart-alpha-256")
+    assert schedule_macs(schedule, spec, convention="model") == schedule_macs(schedule, spec, convention="ecad")
+    with pytest.raises(UserError, match="--convention nope: use one of model, ecad"):
+        schedule_macs(schedule, spec, convention="nope")
+
+
+def test_headline_numbers_in_both_conventions():
+    alpha, sigma = shipped_spec("pixart-alpha-256"), shipped_spec("pixart-sigma-256")
     totals = {
-        name: schedule_macs(load_schedule(ECAD / f"schedules_in_paper/pixart_alpha_256/{name}.json"), spec) / 1e12
+        name: schedule_macs(load_schedule(SCHEDULES / f"schedules_in_paper/pixart_alpha_256/{name}.json"), alpha) / 1e12
         for name in ("ours_fast", "ours_faster", "ours_fastest")
     }
-    totals["default"] = schedule_macs(load_schedule(ECAD / "alpha_cache_schedules/gen_default/default.json"), spec) / 1e12
+    totals["default"] = schedule_macs(load_schedule(SCHEDULES / "alpha_cache_schedules/gen_default/default.json"), alpha) / 1e12
     assert totals == pytest.approx({"default": 5.714, "ours_fast": 2.135, "ours_faster": 1.456, "ours_fastest": 1.175},
-                                   rel=0.01)
+                                   abs=5e-4)
+    default = load_schedule(SCHEDULES / "sigma_cache_schedules/gen_default/default.json")
+    # 20 steps x 2 samples x 180 tokens x (caption projection + 28 attn2 k/v projections)
+    extra = 20 * 2 * 180 * (4096 * 1152 + 1152 * 1152 + 28 * 2 * 1152 * 1152)
+    assert schedule_macs(default, sigma, convention="ecad") == 5713796136960
+    assert schedule_macs(default, sigma, convention="model") == 5713796136960 + extra == 6292413480960
 
 
-def test_per_step_macs_match_published_steps():
-    schedule = load_schedule(ECAD / "schedules_in_paper/flux_256/ours_fast.json")
-    report = schedule_mac_report(schedule, shipped_spec("flux-dev"))
-    for step, value in report.by_step.items():
-        assert value == pytest.approx(schedule.metrics["by_inference_step"][step]["macs"], rel=0.001)
+def _cli(*args):
+    from ecad_ray_cli.main import app
+
+    result = CliRunner().invoke(app, ["schedule", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_macs_command_names_the_convention_and_gives_both_for_sigma():
+    default = SCHEDULES / "sigma_cache_schedules/gen_default/default.json"
+    lines = _cli("macs", default, "--model", "pixart-sigma-256").splitlines()
+    assert lines == ["6292413480960 MACs (6.292 TMACs; model convention: 300 text tokens)",
+                     "5713796136960 MACs (5.714 TMACs; ecad convention: 120 text tokens)"]
+    lines = _cli("macs", default, "--model", "pixart-sigma-256", "--convention", "ecad", "--by-step").splitlines()
+    assert lines[:2] == ["5713796136960 MACs (5.714 TMACs; ecad convention: 120 text tokens)",
+                         "6292413480960 MACs (6.292 TMACs; model convention: 300 text tokens)"]
+    assert lines[2] == f"step 000 {5713796136960 // 20}"  # the default schedule's steps all cost the same
+    alpha = _cli("macs", SCHEDULES / "alpha_cache_schedules/gen_default/default.json").splitlines()
+    assert alpha == ["5713796136960 MACs (5.714 TMACs; model and ecad conventions agree: 120 text tokens)"]
+
+
+def test_info_reports_both_conventions_beside_the_published_figure():
+    path = SCHEDULES / "schedules_in_paper/pixart_sigma_256/ours_fast.json"
+    info = json.loads(_cli("info", path, "--model", "pixart-sigma-256", "--json"))
+    assert info["published_total_macs"] == info["ecad_total_macs"] == 1912970280960
+    assert (info["published_convention"], info["macs_convention"]) == ("ecad", "model")
+    assert (info["text_tokens"], info["ecad_text_tokens"]) == (300, 120)
+    assert info["total_macs"] - info["ecad_total_macs"] == 180 * _sigma_text_token_macs(path)
+    text = _cli("info", path, "--model", "pixart-sigma-256")
+    assert "2.090 TMACs; model convention: 300 text tokens" in text
+    assert "1.913 TMACs; ecad convention: 120 text tokens" in text
+
+
+@pytest.mark.parametrize("pipeline, text_len", [("PixArtSigmaPipeline", 300), ("PixArtAlphaPipeline", 120), (None, 120)])
+def test_a_pipeline_folder_counts_the_text_length_its_pipeline_runs(tmp_path, pipeline, text_len):
+    (tmp_path / "transformer").mkdir()
+    (tmp_path / "transformer" / "config.json").write_text(json.dumps(shipped_config("pixart-sigma-256")["transformer"]))
+    if pipeline:
+        (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": pipeline}))
+    spec = resolve_spec(str(tmp_path))
+    assert (spec.text_len, spec.ecad_text_len) == (text_len, 120)
+    assert conventions_differ(spec) == (text_len != 120)
 
 
 def test_a_reuse_before_any_compute_is_paid_and_reuse_is_free():

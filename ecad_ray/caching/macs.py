@@ -9,16 +9,46 @@ FLUX.1-dev runs one). A reused sub-layer costs nothing (unless nothing is cached
 before the first compute recomputes, as at step 0); timestep / text embeddings, the
 adaLN modulation linears and the output projection are paid every step. After a TGATE gate
 step the CFG batch is dropped, so those steps count half the samples.
+
+Text length is where two conventions part (`CONVENTIONS`): ECAD counted every PixArt with
+PixArt-α's 120 T5 tokens, so its PixArt-Σ figures equal its α figures, although Σ runs 300
+tokens (default schedule: 5.714 TMACs as published, 6.292 at 300 tokens, +10.1 %). `model`
+(the default) counts the tokens the model really runs; `ecad` reproduces the published numbers.
+Every report names the convention it was counted in.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ecad_ray.caching.schedule import Schedule, step_key
 from ecad_ray.caching.spec import TransformerSpec
+from ecad_ray.errors import UserError
 
 ALWAYS = "always"  # key of the per-step cost paid whatever the schedule says
+MODEL, ECAD = "model", "ecad"
+CONVENTIONS = {
+    MODEL: "text tokens the model runs (PixArt-Σ 300, PixArt-α 120, FLUX 512): the real cost",
+    ECAD: "text tokens ECAD's published metrics count (120 for every PixArt, Σ included; FLUX 512)",
+}
+
+
+def counting_spec(spec: TransformerSpec, convention: str = MODEL) -> TransformerSpec:
+    """`spec` at the text length `convention` counts (`model`: unchanged; `ecad`: ECAD's).
+
+    Where ECAD's text length for the model is unknown (demo, a loaded transformer), the two
+    conventions coincide: there is no published figure to reproduce.
+    """
+    if convention not in CONVENTIONS:
+        raise UserError(f"--convention {convention}: use one of {', '.join(CONVENTIONS)}")
+    if convention == ECAD and spec.ecad_text_len and spec.ecad_text_len != spec.text_len:
+        return replace(spec, text_len=spec.ecad_text_len)
+    return spec
+
+
+def conventions_differ(spec: TransformerSpec) -> bool:
+    """True when ECAD's published count and the model's real count use different text lengths."""
+    return counting_spec(spec, ECAD).text_len != spec.text_len
 
 
 def component_macs(spec: TransformerSpec, attention_products: bool = False) -> dict[str, int]:
@@ -78,6 +108,8 @@ class MacReport:
     by_step: dict[str, int]  # ECAD step key -> MACs of that step
     by_component: dict[str, int]  # component name (and "always") -> MACs over all steps
     full: int  # the all-recompute total at the same setting, for ratios
+    convention: str = MODEL  # which text length was counted (`CONVENTIONS`)
+    text_tokens: int = 0  # the text length that convention gave
 
     @property
     def ratio(self) -> float:
@@ -93,8 +125,13 @@ def _samples(spec: TransformerSpec, schedule: Schedule, step: int, cfg: bool) ->
 
 
 def schedule_mac_report(schedule: Schedule, spec: TransformerSpec, cfg: bool = True,
-                        attention_products: bool = False) -> MacReport:
-    """Per-step and per-component MACs of `schedule` on `spec` (ECAD's counting convention)."""
+                        attention_products: bool = False, convention: str = MODEL) -> MacReport:
+    """Per-step and per-component MACs of `schedule` on `spec` by ECAD's counting rules.
+
+    `convention` picks the text length (`CONVENTIONS`): `model` (default) the model's own,
+    `ecad` the one ECAD's published `metrics` assume (they differ for PixArt-Σ).
+    """
+    spec = counting_spec(spec, convention)
     per = component_macs(spec, attention_products)
     always = always_macs(spec)
     full_step = always + sum(
@@ -119,9 +156,10 @@ def schedule_mac_report(schedule: Schedule, spec: TransformerSpec, cfg: bool = T
                     by_comp[comp] = by_comp.get(comp, 0) + m
         by_step[step_key(s)] = step_total
         full += full_step * spec.ecad_mac_batch
-    return MacReport(total=sum(by_step.values()), by_step=by_step, by_component=by_comp, full=full)
+    return MacReport(total=sum(by_step.values()), by_step=by_step, by_component=by_comp, full=full,
+                     convention=convention, text_tokens=spec.text_len)
 
 
-def schedule_macs(schedule: Schedule, spec: TransformerSpec, cfg: bool = True) -> int:
-    """Total MACs of `schedule` on `spec`, comparable to ECAD's `metrics.total_macs`."""
-    return schedule_mac_report(schedule, spec, cfg).total
+def schedule_macs(schedule: Schedule, spec: TransformerSpec, cfg: bool = True, convention: str = MODEL) -> int:
+    """Total MACs of `schedule` on `spec`; with `convention="ecad"`, ECAD's `metrics.total_macs`."""
+    return schedule_mac_report(schedule, spec, cfg, convention=convention).total

@@ -24,6 +24,13 @@ FLUX_DOUBLE_COMPONENTS = ("full_attn", "full_ff", "full_ff_context")
 FLUX_SINGLE_COMPONENTS = ("single_proj_mlp", "single_attn", "single_proj_out")
 SINGLE_PREFIX = "single_"
 
+# ECAD's published PixArt MACs (calflops) fed PixArt-α's 120 T5 tokens to every PixArt model,
+# PixArt-Σ (which runs 300) included: its Σ files carry exactly the α numbers. FLUX was counted
+# at its own 512. See `ecad_ray.caching.macs.CONVENTIONS`.
+ECAD_PIXART_TEXT_LEN = 120
+# Text tokens each PixArt pipeline encodes prompts to (its `max_sequence_length` default).
+PIPELINE_TEXT_LEN = {"PixArtAlphaPipeline": 120, "PixArtSigmaPipeline": 300}
+
 
 @dataclass(frozen=True)
 class TransformerSpec:
@@ -39,7 +46,7 @@ class TransformerSpec:
     out_channels: int  # channels per patch pixel leaving proj_out
     patch_size: int
     image_tokens: int  # tokens of one image at `height` x `width`
-    text_len: int  # text tokens the transformer attends to (T5 length)
+    text_len: int  # text tokens the transformer attends to (T5 length): what the model really runs
     caption_channels: int = 0  # PixArt: T5 width fed to caption_projection
     cross_attention_dim: int = 0  # PixArt: width of attn2 keys/values input
     joint_attention_dim: int = 0  # FLUX: T5 width fed to context_embedder
@@ -51,6 +58,7 @@ class TransformerSpec:
     vae_scale_factor: int = 8  # image pixels per latent pixel
     ecad_mac_batch: int = 2  # samples per step ECAD's calflops count included (see docs/caching.md)
     name: str = ""  # shipped config name or hub id, for messages
+    ecad_text_len: int | None = None  # text tokens ECAD's published MACs assume, if known (PixArt: 120)
 
     @property
     def block_names(self) -> tuple[str, ...]:
@@ -102,8 +110,13 @@ def spec_from_config(
     vae_scale_factor: int = 8,
     ecad_mac_batch: int = 2,
     name: str = "",
+    ecad_text_len: int | None = None,
 ) -> TransformerSpec:
-    """Build a spec from a diffusers transformer config dict and a sampling setting."""
+    """Build a spec from a diffusers transformer config dict and a sampling setting.
+
+    `ecad_text_len` is the text length ECAD's published MACs used for this model, when it is
+    known (shipped configs, PixArt pipeline folders); None means only the model's own count exists.
+    """
     family = family_of_config(config)
     heads = int(config["num_attention_heads"])
     head_dim = int(config["attention_head_dim"])
@@ -126,6 +139,7 @@ def spec_from_config(
         vae_scale_factor=vae_scale_factor,
         ecad_mac_batch=ecad_mac_batch,
         name=name,
+        ecad_text_len=ecad_text_len,
     )
     if family == "flux":
         return TransformerSpec(
@@ -158,8 +172,13 @@ def shipped_config(name: str) -> dict[str, Any]:
 
 
 def shipped_spec(name: str) -> TransformerSpec:
-    """Spec of a shipped model config at ECAD's sampling setting (256², its T5 length)."""
+    """Spec of a shipped model config at ECAD's sampling setting (256², the model's T5 length).
+
+    ECAD published MACs for every shipped model, so the spec also carries the text length those
+    figures assume (`ecad_text_len`: 120 for both PixArts, the model's own for FLUX).
+    """
     raw = shipped_config(name)
+    family = family_of_config(raw["transformer"])
     return spec_from_config(
         raw["transformer"],
         height=raw["height"],
@@ -168,6 +187,7 @@ def shipped_spec(name: str) -> TransformerSpec:
         vae_scale_factor=raw.get("vae_scale_factor", 8),
         ecad_mac_batch=raw.get("ecad_mac_batch", 2),
         name=name,
+        ecad_text_len=raw.get("ecad_text_len", ECAD_PIXART_TEXT_LEN if family == "pixart" else raw["text_len"]),
     )
 
 
@@ -181,6 +201,19 @@ def spec_from_transformer(transformer, height: int | None = None, width: int | N
     else:
         native, text = 256, text_len or 512
     return spec_from_config(config, height or native, width or native, text, name=type(transformer).__name__)
+
+
+def pipeline_text_len(folder: Path) -> int:
+    """T5 tokens a PixArt pipeline folder encodes prompts to: 300 for Σ, else α's 120.
+
+    The transformer config cannot tell α from Σ; the pipeline class in `model_index.json` can.
+    A bare transformer folder (no `model_index.json`) is taken to be α's.
+    """
+    index = folder / "model_index.json"
+    if index.is_file():
+        cls = str(json.loads(index.read_text()).get("_class_name", ""))
+        return PIPELINE_TEXT_LEN.get(cls, ECAD_PIXART_TEXT_LEN)
+    return ECAD_PIXART_TEXT_LEN
 
 
 def resolve_spec(model: str) -> TransformerSpec:
@@ -216,7 +249,10 @@ def resolve_spec(model: str) -> TransformerSpec:
         config = json.loads(cfg_path.read_text())
         family = family_of_config(config)
         size = int(config.get("sample_size") or 32) * 8 if family == "pixart" else 256
-        return spec_from_config(config, size, size, 120 if family == "pixart" else 512, name=str(folder))
+        if family == "flux":
+            return spec_from_config(config, size, size, 512, name=str(folder), ecad_text_len=512)
+        return spec_from_config(config, size, size, pipeline_text_len(folder), name=str(folder),
+                                ecad_text_len=ECAD_PIXART_TEXT_LEN)
     raise UserError(
         f"--model {model}: unknown model for caching; use demo, {', '.join(shipped_names())}, "
         "or a folder holding transformer/config.json"

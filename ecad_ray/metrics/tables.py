@@ -43,7 +43,7 @@ METRICS_SCHEMA = pa.schema(
         _field("prompt", pa.string(), "prompt text"),
         _field("image_path", pa.string(), "image file, relative to the run directory"),
         _field("seconds", pa.float64(), "generation seconds per image, from results.parquet"),
-        _field("macs", pa.float64(), "multiply-accumulates per image, when the run recorded them"),
+        _field("macs", pa.float64(), "transformer multiply-accumulates per image (the model's own text length), when recorded"),
         _field("clip_score", pa.float64(), "100 * max(cos(CLIP image, CLIP text), 0); higher is better"),
         _field("imagereward", pa.float64(), "ImageReward v1.0 score; higher is better"),
         _field("psnr", pa.float64(), "PSNR in dB vs the reference image (inf = identical); higher is better"),
