@@ -36,6 +36,29 @@ def by_schedule(table, partition=""):
     return {r["schedule"]: r for r in table.to_pylist() if r.get("partition", "") == partition}
 
 
+def clean_fid_of_files(files_a, files_b):
+    """clean-fid's own FID of two image lists (its loader, 299 resize, np.cov, frechet_distance).
+
+    Uses the `pixels` extractor, the one the `FAST` config gives the project, so any gap is in
+    the loading, resizing, statistics or distance, not in the features' definition.
+    """
+    import torch
+    from cleanfid.fid import fid_from_feats, get_files_features
+
+    from ecad_ray.metrics.fid import pixel_features
+
+    feats = [get_files_features([str(f) for f in files], pixel_features, num_workers=0, batch_size=8,
+                                device=torch.device("cpu"), mode="clean", verbose=False)
+             for files in (files_a, files_b)]
+    return float(fid_from_feats(*feats))
+
+
+def image_files(study, metrics_table, schedule, partition=""):
+    """The image files of one schedule (and partition) as `metrics.parquet` lists them."""
+    return [study / r["image_path"] for r in metrics_table.to_pylist()
+            if r["schedule"] == schedule and (not partition or r["partition"] == partition)]
+
+
 def test_tables_have_the_fixed_schema_and_known_values(study, clip_dir):
     config = MetricsConfig(metrics=("clip", "psnr", "ssim", "lpips", "fid"), clip_model=str(clip_dir), **FAST)
     result = evaluate_run(study, config, batch_size=4)
@@ -55,7 +78,9 @@ def test_tables_have_the_fixed_schema_and_known_values(study, clip_dir):
     assert (study / fast_rows[0]["image_path"]).is_file()  # paths relative to the study folder
     s = by_schedule(summary)
     assert s["none"]["is_reference"] and not s["fast"]["is_reference"]
-    assert s["none"]["fid"] == pytest.approx(0, abs=1e-6) and s["fast"]["fid"] > 0
+    assert s["none"]["fid"] == pytest.approx(0, abs=1e-6)
+    fast_vs_none = clean_fid_of_files(image_files(study, metrics, "fast"), image_files(study, metrics, "none"))
+    assert fast_vs_none > 0.1 and s["fast"]["fid"] == pytest.approx(fast_vs_none, rel=1e-6)
     assert s["fast"]["speedup"] == pytest.approx(2.0) and s["none"]["speedup"] == pytest.approx(1.0)
     assert s["fast"]["seconds_per_image"] == pytest.approx(1.0) and s["fast"]["n_images"] == 6
     assert s["none"]["psnr_mean"] == math.inf and s["fast"]["lpips_mean"] > 0
@@ -65,6 +90,8 @@ def test_tables_have_the_fixed_schema_and_known_values(study, clip_dir):
     # per-category rows, with FID against the reference schedule's images of the same category
     animals = by_schedule(summary, "animals")
     assert animals["fast"]["n_images"] == 3 and animals["none"]["fid"] == pytest.approx(0, abs=1e-6)
+    assert animals["fast"]["fid"] == pytest.approx(clean_fid_of_files(
+        image_files(study, metrics, "fast", "animals"), image_files(study, metrics, "none", "animals")), rel=1e-6)
 
 
 def test_a_metric_that_cannot_load_leaves_the_rest_of_the_run(study, tmp_path):
@@ -111,7 +138,12 @@ def test_external_reference_run_and_fid_reference_folder(study, tmp_path):
     summary = pq.read_table(result.summary_path)
     s = by_schedule(summary)["fast"]
     assert s["speedup"] == pytest.approx(2.0) and not s["is_reference"]
-    assert s["fid"] > 0 and by_schedule(summary, "animals")["fast"]["fid"] is not None
+    metrics = pq.read_table(result.metrics_path)
+    fast = [study / "fast" / r["image_path"] for r in metrics.to_pylist()]
+    fast_animals = [study / "fast" / r["image_path"] for r in metrics.to_pylist() if r["partition"] == "animals"]
+    assert s["fid"] == pytest.approx(clean_fid_of_files(fast, sorted(ref_folder.rglob("*.png"))), rel=1e-6)
+    assert by_schedule(summary, "animals")["fast"]["fid"] == pytest.approx(
+        clean_fid_of_files(fast_animals, sorted((ref_folder / "animals").glob("*.png"))), rel=1e-6)
     assert "_32x32_pixels4x4" in result.fid_source
     none_only = evaluate_run(study / "none", config, fid_ref=str(ref_folder), cache_dir=tmp_path / "cache")
     assert by_schedule(pq.read_table(none_only.summary_path))["none"]["fid"] == pytest.approx(0, abs=1e-6)

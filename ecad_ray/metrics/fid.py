@@ -6,10 +6,12 @@ file), the tiny built-in `pixels` extractor (tests, smoke runs), or any `module:
 callable. Features are folded into running sums (`FeatureStats`), so memory does not grow with
 the number of images, and statistics merge across batches, actors and MJHQ categories.
 
-Reference statistics come from a precomputed `.npz` (`mu`, `sigma`; clean-fid's format) or
-are computed from a folder of images once and cached under a name made of the folder (name +
-hash of its path and file count), the resolution and the extractor, never one fixed name: a
-COCO run can never pick up statistics made for MJHQ, another size or another extractor.
+Reference statistics come from a precomputed `.npz` (`mu`, `sigma`: what clean-fid's
+`make_custom_stats` and its downloadable dataset statistics hold) or are computed from a folder
+of images once and cached under a name made of the folder (name + hash of its path and of every
+file's name, size and modification time), the resolution and the extractor, never one fixed
+name (ECAD's bug): a COCO run can never pick up statistics made for MJHQ, another size or
+another extractor, nor stale ones after the folder's images change.
 """
 
 from __future__ import annotations
@@ -188,7 +190,7 @@ def load_reference(
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if len(files) < 2:
         raise UserError(f"--fid-ref {path}: needs at least 2 images ({len(files)} found)")
-    cache = cache_dir / reference_stats_name(path, len(files), resolution, extractor.name)
+    cache = cache_dir / reference_stats_name(path, files, resolution, extractor.name)
     if cache.is_file():
         return _read_stats_file(cache)
     stats: dict[str, FeatureStats] = {}
@@ -203,10 +205,19 @@ def load_reference(
     return ReferenceStats(str(cache), result)
 
 
-def reference_stats_name(folder: Path, n_files: int, resolution: tuple[int, int], extractor: str) -> str:
-    """Cache file name: dataset folder + hash(path, count), resolution, extractor."""
-    key = f"{folder.resolve()}|{n_files}".encode()
-    digest = hashlib.sha1(key).hexdigest()[:10]
+def reference_stats_name(folder: Path, files: list[Path], resolution: tuple[int, int], extractor: str) -> str:
+    """Cache file name: dataset folder + hash(path, files), resolution, extractor.
+
+    The hash covers the folder's absolute path and each image's relative name, size and
+    modification time, so two datasets never share statistics, and replacing images (even
+    keeping their count) makes new ones, while re-reading an unchanged folder costs one `stat`
+    per file.
+    """
+    key = hashlib.sha1(str(folder.resolve()).encode())
+    for file in files:
+        info = file.stat()
+        key.update(f"|{file.relative_to(folder).as_posix()}:{info.st_size}:{info.st_mtime_ns}".encode())
+    digest = key.hexdigest()[:10]
     height, width = resolution
     return f"{_slug(folder.resolve().name)}-{digest}_{height}x{width}_{_slug(extractor)}.npz"
 
