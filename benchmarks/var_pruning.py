@@ -16,6 +16,8 @@ Batch 16 (32 rows with CFG) keeps even the 1-token first scale near compute boun
 1-2 reading the weights at every small scale dominates and the FLOPs ideal is out of reach.
 
 Run: PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/var_pruning.py [--repeats 3 --batch 16]
+On a GPU (the speed runs on CUDA, each scale's time with CUDA synchronisation; quality stays on
+the CPU), VAR-d16 size: python benchmarks/var_pruning.py --device cuda --speed-model random:var-d16
 """
 
 from __future__ import annotations
@@ -47,6 +49,24 @@ def flops_for(pipe, controller) -> list[float]:
     return transformer_flops(pipe.config.var, vq.vocab_size, vq.z_channels, ratios, pipe.layer_range)
 
 
+def synchronize_scales(pipe) -> None:
+    """On CUDA, end each scale with a device synchronisation, so its recorded seconds (taken on
+    the host) cover the kernels it queued rather than only their launches."""
+    run_scale = pipe._run_scale
+
+    def synced(*args, **kwargs):
+        record = run_scale(*args, **kwargs)
+        torch.cuda.synchronize(pipe.device)
+        return record
+
+    pipe._run_scale = synced
+
+
+def _sync(pipe) -> None:
+    if pipe.device.type == "cuda":
+        torch.cuda.synchronize(pipe.device)
+
+
 def time_settings(pipe, batch: int, repeats: int) -> dict[str, dict[str, float]]:
     """Best-of-N transformer and end-to-end seconds per image, settings interleaved each round.
 
@@ -57,8 +77,10 @@ def time_settings(pipe, batch: int, repeats: int) -> dict[str, dict[str, float]]
     times = {name: {"transformer": [], "total": []} for name in SETTINGS}
     for _ in range(repeats):
         for name, ctrl in SETTINGS.items():
+            _sync(pipe)
             t0 = time.perf_counter()
             result = pipe.generate(cond, seeds, ctrl)
+            _sync(pipe)
             total = time.perf_counter() - t0
             times[name]["transformer"].append(result.transformer_seconds / batch)
             times[name]["total"].append(total / batch)
@@ -94,14 +116,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--speed-model", default="random:benchmark", help="model for the speed runs")
     ap.add_argument("--quality-model", default="demo-var", help="model for the quality runs")
+    ap.add_argument("--device", default="cpu", help="torch device of the speed runs (quality runs on the CPU)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    bench = load_var_model(args.speed_model)
+    bench = load_var_model(args.speed_model, device=args.device)
+    if bench.device.type == "cuda":
+        synchronize_scales(bench)
+    on = "" if bench.device.type == "cpu" else f", on {bench.device}"
     cfg = bench.config
     print(f"speed model {args.speed_model}: depth {cfg.var.depth}, width {cfg.var.embed_dim}, scales "
           f"{cfg.var.patch_nums} ({cfg.var.seq_len} tokens), vocab {cfg.vqvae.vocab_size}, CFG batch x2, "
-          f"prune layers {bench.layer_range}, {args.threads} thread(s), batch {args.batch}")
+          f"prune layers {bench.layer_range}, {args.threads} thread(s), batch {args.batch}{on}")
     full = flops_for(bench, NoPruning())
     total = sum(full)
     print("\nFLOPs share per scale (unpruned, transformer incl. head):")
