@@ -19,6 +19,7 @@ from ecad_ray.models.registry import ModelSpec
 class TextEncoderStage(Stage):
     """Fill the `shard`/`row` columns: embed each prompt not yet in the store, once."""
 
+    name = "encode"
     consumes = {
         "prompt": "prompt text",
         "negative_prompt": "negative prompt text ('' for none)",
@@ -75,6 +76,7 @@ class TextEncoderStage(Stage):
 class GeneratorStage(Stage):
     """Denoise one image per row from its stored embeddings and seed (the GPU-resident model)."""
 
+    name = "generate"
     consumes = {
         "shard": "embeddings shard (relative to the store)",
         "row": "row inside the shard",

@@ -27,6 +27,7 @@ from ecad_ray.metrics.suite import ERROR_COLUMN, FEATURES_COLUMN, METRIC_COLUMNS
 class MetricsStage(Stage):
     """Adds metric columns to batches of generated images (a Ray Data callable class)."""
 
+    name = "metrics"
     consumes = {
         "image": "uint8 HxWx3 generated image",
         "prompt": "prompt text (CLIP score, ImageReward)",

@@ -27,7 +27,8 @@ from actors.writer import ImageWriter
 from actors.metrics import MetricsStage
 from ecad_ray.config import GenerateConfig
 from ecad_ray.embeddings import EmbeddingStore
-from ecad_ray.run import RunPlan, device_description, finish_run, plan_run, start_run
+from ecad_ray.errors import UserError, user_error_in
+from ecad_ray.run import RunPlan, device_description, finish_run, plan_run, run_lock, start_run, write_error_log
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def _ray_started(address: str | None, num_cpus: int):
     # Ray Data's actors always log a C++ "constructor arguments in the object store" notice;
     # RAY_BACKEND_LOG_LEVEL=info brings backend logs back when debugging a cluster.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    kwargs = dict(include_dashboard=False, logging_level=_ray_log_level(logging.WARNING), log_to_driver=False)
     # ray.init mostly waits on the processes it starts; import Ray Data (~1.4 s) meanwhile.
     preload = threading.Thread(target=importlib.import_module, args=("ray.data",), daemon=True)
     preload.start()
@@ -111,6 +112,29 @@ def _ray_started(address: str | None, num_cpus: int):
         ray.shutdown()
 
 
+@contextlib.contextmanager
+def reported_failures(output_dir: str | Path):
+    """A failure inside the plan leaves its traceback in `<run>/logs/error.log` and, when a stage
+    named it (a `StageError` from a worker) or it is the user's to fix, surfaces as one
+    `UserError` line that points at the log. Anything else is a bug and propagates as it is."""
+    try:
+        yield
+    except Exception as err:
+        log = write_error_log(output_dir, err)
+        found = user_error_in(err)
+        if found is None:
+            raise
+        raise UserError(f"{found} (full traceback: {log})") from err
+
+
+VERBOSE_ENV = "ECAD_RAY_VERBOSE"  # set by `ecad-ray --verbose`
+
+
+def _ray_log_level(verbose_level: int) -> int:
+    """Ray's own warnings and errors stay out of the terminal unless `ecad-ray --verbose`."""
+    return verbose_level if os.environ.get(VERBOSE_ENV) else logging.CRITICAL
+
+
 def local_cpus(config: GenerateConfig) -> int:
     """CPUs for a local Ray: the generation actors' threads, plus one for the encoder (or metrics)."""
     return config.num_workers * config.threads_per_worker + 1
@@ -125,9 +149,16 @@ def _gpus_available() -> bool:
 def run_generate(config: GenerateConfig, progress=None) -> RunSummary:
     """Check the config, then stream every missing image through the Ray Data plan."""
     started = time.time()
-    plan = plan_run(config)
+    plan_run(config)  # every check first: bad input writes nothing, not even the run folder
     if config.metrics:
         MetricsStage.validate(config.metrics, config.reference)  # fail before Ray starts
+    with run_lock(config.output_dir):
+        return _run_locked(plan_run(config), started, progress)  # re-planned: what is on disk now
+
+
+def _run_locked(plan: RunPlan, started: float, progress) -> RunSummary:
+    """The run itself, while this process alone holds the run folder."""
+    config = plan.config
     extra = {"device": device_description(config.device)}
     start_run(plan, extra)
     writer = ImageWriter(str(plan.output_dir), asdict(plan.settings))
@@ -139,7 +170,7 @@ def run_generate(config: GenerateConfig, progress=None) -> RunSummary:
             yield batch
 
     if plan.jobs:
-        with ray_session(config.address, local_cpus(config)):
+        with reported_failures(plan.output_dir), ray_session(config.address, local_cpus(config)):
             if config.metrics:
                 extra["metrics_tables"] = _write_metric_tables(plan, written_batches())
             else:
@@ -167,13 +198,18 @@ def _write_metric_tables(plan: RunPlan, batches) -> list[str]:
 
 
 def quiet_ray_data() -> None:
-    """No Ray Data progress bars or execution banners: the run draws its own progress bar."""
+    """No Ray Data progress bars or execution banners: the run draws its own progress bar; and a
+    stage's own exception (the `StageError` naming stage and item) reaches the driver as the
+    cause, not replaced by Ray Data's generic "UDF failed to process a data block"."""
     import ray
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.ERROR)  # after Ray Data configured its logging
+    ctx.raise_original_map_exception = True
+    # after Ray Data configured its logging; a failure reaches the user as one line anyway, its
+    # traceback in the run's logs/error.log
+    logging.getLogger("ray.data").setLevel(_ray_log_level(logging.INFO))
 
 
 def stream_plan(plan: RunPlan):

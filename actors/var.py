@@ -35,6 +35,7 @@ def check_columns(stage: str, batch: dict[str, Any], columns: dict[str, str]) ->
 class VarGenerator(Stage):
     """Callable class for `map_batches`: rows (ROW_COLUMNS) -> generated items (GENERATED_COLUMNS)."""
 
+    name = "var generate"
     consumes = ROW_COLUMNS
     produces = GENERATED_COLUMNS
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from actors.plan import ray_session
+from actors.plan import quiet_ray_data, ray_session, reported_failures
 from actors.var import VarGenerator, options_dict, write_var_items
 from ecad_ray.var.run import VarRunOptions, write_run_files
 
@@ -23,16 +23,14 @@ def run_var_generate(rows: list[dict[str, Any]], options: VarRunOptions, output_
     """Generate every row through Ray Data, write the items and the run files; returns item configs.
 
     Joins `address` or starts a local Ray for the run (left running if one already was)."""
-    with ray_session(address, num_cpus=max(2, num_actors)):
+    with reported_failures(output_dir), ray_session(address, num_cpus=max(2, num_actors)):
         return _run(rows, options, output_dir, num_actors, batch_size)
 
 
 def _run(rows, options, output_dir, num_actors, batch_size):
     import ray
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
+    quiet_ray_data()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -21,6 +21,7 @@ class ImageWriter(Stage):
       milliseconds and overlaps generation (Ray Data executes in its own thread).
     """
 
+    name = "write"
     consumes = {
         "image": "uint8 array (H, W, 3)",
         "prompt_index": "position of the prompt in the run",

@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ecad_ray.atomic import atomic_path, write_table_atomic
-from ecad_ray.errors import UserError
+from ecad_ray.errors import UserError, one_line
 
 FORMAT = "ecad-ray-embeddings/1"
 INDEX_NAME = "index.parquet"
@@ -185,8 +185,14 @@ class ShardReader:
             self._cache.move_to_end(shard)
             return self._cache[shard]
         path = self.root / shard
-        with safe_open(str(path), framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as err:  # noqa: BLE001  (safetensors and the OS raise several types)
+            raise UserError(
+                f"embeddings shard {path} is unreadable ({one_line(err)}): delete it and rerun to embed its "
+                "prompts again (or re-embed the store with `ecad-ray embed`)"
+            ) from err
         self._cache[shard] = tensors
         while len(self._cache) > self.max_open:
             self._cache.popitem(last=False)

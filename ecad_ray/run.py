@@ -7,6 +7,7 @@ written until every check has passed. `finish_run` writes the results table and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -28,6 +29,7 @@ from ecad_ray.records import image_name, read_png_record, write_results
 
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.parquet"
+ERROR_LOG = "logs/error.log"  # full traceback of the failure the terminal reported in one line
 # settings that, when they differ from an existing run.json, make its images unusable
 _IMAGE_KEYS = ("model", "height", "width", "steps", "guidance_scale", "negative_prompt", "schedule")
 
@@ -220,6 +222,41 @@ def _complete_images(output_dir: Path, settings: ImageSettings) -> list[dict]:
     return rows
 
 
+LOCK_FILE = ".ecad-ray.lock"
+
+
+@contextlib.contextmanager
+def run_lock(output_dir: str | Path):
+    """Hold the run folder for this process: a second run into it is refused in one line.
+
+    An OS file lock (flock), so it is released when the process ends however it ends (a
+    SIGKILLed driver leaves no stale lock) and two processes can never both write one folder.
+    """
+    import fcntl
+    import socket
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UserError(
+                f"--output-dir {output_dir}: another ecad-ray run ({holder}) is writing there; "
+                "wait for it to finish or use another --output-dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def start_run(plan: RunPlan, extra: dict | None = None) -> None:
     """Create the run folder and record the settings first, so an interrupted run resumes safely."""
     plan.output_dir.mkdir(parents=True, exist_ok=True)
@@ -277,3 +314,15 @@ def device_description(device: str = "auto") -> str:
     if device in ("auto", None) and torch.cuda.is_available() or str(device).startswith("cuda"):
         return torch.cuda.get_device_name(0)
     return f"CPU ({os.cpu_count()} cores)"
+
+
+def write_error_log(output_dir: str | Path, err: BaseException) -> Path:
+    """Write `err`'s whole traceback (with a worker's remote traceback) to `<run>/logs/error.log`.
+
+    The terminal gets one line; whoever debugs gets everything here, replaced atomically by the
+    next failure of the same run folder.
+    """
+    import traceback
+
+    text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    return write_text_atomic(Path(output_dir) / ERROR_LOG, text)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shlex
+import signal
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -125,18 +130,43 @@ def run(config: GenerateConfig) -> None:
     from actors.plan import run_generate
 
     console = Console(stderr=True)
-    with Progress(console=console, transient=True) as bar:
+    counts = [0, None]  # images written so far, images this run makes
+    with exit_at_second_interrupt(), Progress(console=console, transient=True) as bar:
         task = bar.add_task("generating", total=None)
 
         def progress(done: int, total: int) -> None:
+            counts[:] = [done, total]
             bar.update(task, completed=done, total=total)
 
-        summary = run_generate(config, progress)
+        try:
+            summary = run_generate(config, progress)
+        except KeyboardInterrupt:
+            bar.stop()
+            of = f" of {counts[1]}" if counts[1] is not None else ""
+            console.print(f"interrupted: {counts[0]}{of} new image(s) written to {config.output_dir}/images; "
+                          f"run the same command again to resume: {shlex.join(['ecad-ray', *sys.argv[1:]])}",
+                          soft_wrap=True)
+            raise typer.Exit(130) from None
     console.print(
         f"{summary.new_images} new image(s), {summary.kept_images} kept, in {summary.seconds:.1f} s -> "
         f"{summary.output_dir}/images; table: {summary.results_path}",
         soft_wrap=True,
     )
+
+
+@contextlib.contextmanager
+def exit_at_second_interrupt():
+    """The first Ctrl-C stops the run cleanly (Ray shuts down, the summary line is printed); a
+    second one, while that is under way, exits at once."""
+    def first(signum, frame):
+        signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from typing import Annotated
 
 import typer
 
@@ -18,8 +20,12 @@ app = typer.Typer(
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show Ray's own warnings and logs in the terminal.")] = False,
+) -> None:
     """Faster text-to-image generation (layer caching, token pruning) on Ray, and what it costs."""
+    if verbose:
+        os.environ["ECAD_RAY_VERBOSE"] = "1"  # actors.plan.VERBOSE_ENV (not imported: keeps --help fast)
 
 
 def _register() -> None:

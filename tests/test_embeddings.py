@@ -21,7 +21,7 @@ from actors.generation import GeneratorStage
 from actors.writer import ImageWriter
 from ecad_ray.ecad_import import import_ecad_embeddings, prompt_id_from_name
 from ecad_ray.embeddings import INDEX_NAME, EmbeddingStore, ShardReader
-from ecad_ray.errors import UserError
+from ecad_ray.errors import StageError, UserError
 
 
 DATA = Path(__file__).parent / "data"
@@ -204,9 +204,9 @@ def test_import_names_missing_keys(tmp_path):
 
 def test_stage_names_itself_when_a_column_is_missing(tmp_path):
     stage = GeneratorStage.__new__(GeneratorStage)  # column check needs no model
-    with pytest.raises(ValueError, match="GeneratorStage: batch lacks column\\(s\\) seed"):
+    with pytest.raises(ValueError, match="batch lacks column\\(s\\) seed"):
         stage.check({"shard": ["a"], "row": [0]})
-    with pytest.raises(ValueError, match="ImageWriter: batch lacks column"):
+    with pytest.raises(StageError, match="^write: prompt_id '0': ValueError: batch lacks column"):
         ImageWriter(str(tmp_path), {})({"prompt_id": ["0"]})
 
 

@@ -9,7 +9,7 @@ import pytest
 from metrics_fakes import base_images, shifted, tiny_clip, write_run
 from typer.testing import CliRunner
 
-from ecad_ray.errors import UserError
+from ecad_ray.errors import StageError, UserError
 from ecad_ray.metrics.config import MetricsConfig
 from ecad_ray.metrics.evaluate import evaluate_run
 from ecad_ray.metrics.tables import METRICS_SCHEMA, SUMMARY_SCHEMA
@@ -213,7 +213,7 @@ def test_metrics_stage_adds_columns_and_checks_its_input(study):
     assert out["psnr"].shape == (3,) and np.isfinite(out["psnr"]).all()
     assert out[FEATURES_COLUMN].shape == (3, 48) and out["image"] is batch["image"]
     del batch["seed"]
-    with pytest.raises(ValueError, match="MetricsStage: batch lacks column.*seed"):
+    with pytest.raises(StageError, match="^metrics: .*batch lacks column.*seed"):
         stage(batch)
     MetricsStage.validate(MetricsConfig(metrics=("clip", "fid")))  # no reference needed: fine
     with pytest.raises(UserError, match="--reference: PSNR / SSIM / LPIPS need a reference run"):
