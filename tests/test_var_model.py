@@ -223,3 +223,49 @@ def test_random_preset_loads_by_name():
     assert p.generate(p.conditions(classes=[0]), [0]).images_B3HW.shape == (1, 3, 8, 8)
     with pytest.raises(UserError, match="unknown preset"):
         load_var_model("random:nope")
+
+
+@pytest.mark.parametrize("top_k, top_p", [(0, 0.0), (5, 0.0), (0, 0.8), (7, 0.6), (40, 0.95), (50, 0.9)])
+def test_sampling_draws_as_foundation_vision_does(top_k, top_p):
+    """Their sampler: -inf outside top-k / top-p, softmax over the vocabulary, one multinomial draw
+    per row, all rows of the batch from one generator. Ours consumes the same random numbers."""
+    torch.manual_seed(3)
+    logits = torch.randn(3, 6, 50) * 2
+    logits[0, 0, :8] = 4.0  # a tie at the k-th value keeps more than k tokens, as theirs does
+    B, l, V = logits.shape
+    dense = filter_logits(logits, top_k, top_p).softmax(-1)
+    shared = torch.multinomial(dense.view(-1, V), 1, generator=torch.Generator().manual_seed(9)).view(B, l)
+    assert torch.equal(sample_tokens(logits, make_generators([9]), top_k, top_p), shared)
+    per_item = torch.stack([torch.multinomial(dense[b], 1, generator=torch.Generator().manual_seed(s))[:, 0]
+                            for b, s in enumerate((4, 5, 6))])
+    assert torch.equal(sample_tokens(logits, make_generators([4, 5, 6]), top_k, top_p), per_item)
+
+
+def test_int_seed_draws_the_batch_from_one_generator(pipe):
+    cond = pipe.conditions(classes=[2, 4])
+    shared = pipe.generate(cond, 7).images_B3HW
+    assert torch.equal(pipe.generate(cond, 7).images_B3HW, shared)
+    # the items share one random stream (so they depend on each other), unlike per-item seeds
+    assert not torch.allclose(pipe.generate(cond, [7, 7]).images_B3HW[1], shared[1])
+    with pytest.raises(ValueError, match="3 seeds for 2 conditions"):
+        pipe.start(cond, [1, 2, 3])
+
+
+def test_phi_ticks_follow_foundation_vision():
+    from ecad_ray.var.vqvae import PhiPartiallyShared, phi_ticks
+
+    assert phi_ticks(4).tolist() == pytest.approx([1 / 12, 13 / 36, 23 / 36, 11 / 12])
+    assert phi_ticks(3).tolist() == pytest.approx([1 / 6, 1 / 2, 5 / 6])  # 1/(2K) margins when K != 4
+    phis = PhiPartiallyShared([torch.nn.Identity() for _ in range(3)])
+    picks = [next(i for i, m in enumerate(phis.qresi_ls) if m is phis.for_scale(si, 10)) for si in range(10)]
+    assert picks == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]  # 3/9 and 6/9 are ties: the first tick wins
+
+
+def test_state_dict_has_foundation_vision_names_and_buffers(pipe):
+    sd = pipe.var.state_dict()
+    assert "lvl_embed.weight" in sd and "lvl_emb.weight" not in sd
+    assert torch.equal(sd["lvl_1L"], torch.tensor([[0] + [1] * 4 + [2] * 9 + [3] * 16 + [4] * 36]))
+    bias = sd["attn_bias_for_masking"]
+    assert bias.shape == (1, 1, 66, 66) and bias[0, 0, 4, 5].item() == -math.inf and bias[0, 0, 5, 4].item() == 0
+    assert all(torch.equal(sd[f"blocks.{i}.attn.zero_k_bias"], torch.zeros(32)) for i in range(2))
+    assert pipe.vqvae.state_dict()["quantize.ema_vocab_hit_SV"].shape == (5, 32)

@@ -1,11 +1,22 @@
 """Load and save VAR generators: the project's safetensors files, `random:` presets, and
-FoundationVision's `var_d16.pth` + `vae_ch160v4096z32.pth` checkpoints.
+FoundationVision's `var_d16/d20/d24/d30.pth` + `vae_ch160v4096z32.pth` checkpoints.
 
 The project's format is one safetensors file whose metadata holds the config JSON and whose
-tensors are `vqvae.*` and `var.*`. FoundationVision checkpoints are plain state dicts with
-the same module names as this package's code; their sizes are read off the tensors, the
-model is built to match, and any key or shape this architecture does not have is reported
-by name instead of being loaded half-way.
+tensors are `vqvae.*` and `var.*` (format 2: FoundationVision's key names and buffers; format
+1, before them, had `lvl_emb` and no buffers and still loads).
+
+FoundationVision checkpoints are the plain state dicts their `models/` package writes:
+transformer keys `pos_start`, `pos_1LC`, `lvl_1L` (int64 scale index per token),
+`attn_bias_for_masking` (block-causal 0/-inf mask), `word_embed.*`, `class_emb.weight` (one
+extra row: the CFG null class), `lvl_embed.weight`, `blocks.N.attn.{scale_mul_1H11, q_bias,
+v_bias, zero_k_bias, mat_qkv.weight, proj.*}`, `blocks.N.ffn.fc1/fc2.*`,
+`blocks.N.ada_lin.1.*`, `head_nm.ada_lin.1.*`, `head.*`; tokenizer keys `encoder.*`,
+`decoder.*`, `quant_conv.*`, `post_quant_conv.*`, `quantize.embedding.weight`,
+`quantize.quant_resi.qresi_ls.K.*` and `quantize.ema_vocab_hit_SV`. This package's modules have
+exactly that layout. Sizes are read off the tensors (depth, width, heads, MLP ratio, scale
+widths from `lvl_1L`, classes, codebook, tokenizer widths and levels), the model is built to
+match, and any key or shape this architecture does not have is reported by name, in one line,
+instead of being loaded half-way.
 """
 
 from __future__ import annotations
@@ -21,16 +32,16 @@ from safetensors.torch import save_file
 
 from ecad_ray.atomic import atomic_path
 from ecad_ray.errors import UserError
-from ecad_ray.var.config import PRESETS, VARConfig, VarModelConfig, VQVAEConfig, preset
+from ecad_ray.var.config import PRESETS, VAR_PATCH_NUMS, VARConfig, VarModelConfig, VQVAEConfig, preset
 from ecad_ray.var.generation import VarPipeline
-from ecad_ray.var.model import VAR
+from ecad_ray.var.model import VAR, block_causal_bias, level_index
 from ecad_ray.var.vqvae import VQVAE
 
 ASSETS = Path(__file__).parent / "assets"
 DEMO_WEIGHTS = ASSETS / "demo-var.safetensors"
-# Buffers FoundationVision saves that this code rebuilds from the config (checked, not loaded).
-_DERIVED_VAR_KEYS = ("lvl_1L", "attn_bias_for_masking")
-_DERIVED_VAE_KEYS = ("quantize.ema_vocab_hit_SV",)
+FORMAT = "ecad-ray-var/2"
+# Magnitudes no trained float32 weight reaches: uninitialised memory (torch.empty) does.
+_GARBAGE_ABS = 1e8
 
 
 def build_models(config: VarModelConfig, seed: int = 0, for_training: bool = False) -> tuple[VQVAE, VAR]:
@@ -50,7 +61,7 @@ def save_pipeline(path: str | Path, config: VarModelConfig, vqvae: VQVAE, var: V
     """Write one safetensors file (atomically) with the config and training notes as metadata."""
     tensors = {f"vqvae.{k}": v.detach().contiguous().cpu() for k, v in vqvae.state_dict().items()}
     tensors |= {f"var.{k}": v.detach().contiguous().cpu() for k, v in var.state_dict().items()}
-    meta = {"config": config.to_json(), "format": "ecad-ray-var/1"}
+    meta = {"config": config.to_json(), "format": FORMAT}
     if extra:
         meta["training"] = json.dumps(extra)
     with atomic_path(path) as tmp:
@@ -67,8 +78,10 @@ def load_safetensors(path: str | Path, device: str | torch.device = "cpu") -> Va
         config = VarModelConfig.from_dict(json.loads(meta["config"]))
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     vqvae, var = build_models(config)
-    _load_strict(vqvae, {k[6:]: v for k, v in tensors.items() if k.startswith("vqvae.")}, path)
-    _load_strict(var, {k[4:]: v for k, v in tensors.items() if k.startswith("var.")}, path)
+    sd_vae = {k[6:]: v for k, v in tensors.items() if k.startswith("vqvae.")}
+    sd_var = {k[4:]: v for k, v in tensors.items() if k.startswith("var.")}
+    _load_strict(vqvae, _complete_vae_state(sd_vae, vqvae), path)
+    _load_strict(var, _complete_var_state(_rename_var_keys(sd_var), var, path), path)
     return VarPipeline(config, vqvae.to(device), var.to(device))
 
 
@@ -127,6 +140,56 @@ def _read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     return {re.sub(r"^(module\.|_orig_mod\.)+", "", k): v for k, v in sd.items()}
 
 
+def is_foundation_vision_var(sd: dict) -> bool:
+    """True for a transformer state dict in FoundationVision's layout (their `lvl_embed` name)."""
+    return "lvl_embed.weight" in sd and "class_emb.weight" in sd and "blocks.0.attn.mat_qkv.weight" in sd
+
+
+def _rename_var_keys(sd: dict) -> dict:
+    """Names written before this package used FoundationVision's (`lvl_emb`) -> theirs."""
+    if "lvl_emb.weight" in sd and "lvl_embed.weight" not in sd:
+        sd = {("lvl_embed.weight" if k == "lvl_emb.weight" else k): v for k, v in sd.items()}
+    return sd
+
+
+def _rename_vae_keys(sd: dict) -> dict:
+    """FoundationVision's fully shared (`quant_resi.qresi.*`) and non-shared (`quant_resi.N.*`) Phi
+    layouts -> the partially shared `quant_resi.qresi_ls.N.*` one this code has (same selection rule)."""
+    def rename(k: str) -> str:
+        k = re.sub(r"^quantize\.quant_resi\.qresi\.", "quantize.quant_resi.qresi_ls.0.", k)
+        return re.sub(r"^quantize\.quant_resi\.(\d+)\.", r"quantize.quant_resi.qresi_ls.\1.", k)
+    return {rename(k): v for k, v in sd.items()}
+
+
+def _complete_var_state(sd: dict, var: VAR, path) -> dict:
+    """Fill the buffers a file may lack (older files) from the scales, and check the ones it has:
+    `lvl_1L` and `attn_bias_for_masking` must be what the scale widths give. A file's
+    `zero_k_bias` is kept as it is (FoundationVision's attention adds it to the keys)."""
+    sd = dict(sd)
+    derived = {"lvl_1L": level_index(var.patch_nums), "attn_bias_for_masking": block_causal_bias(var.patch_nums)}
+    for key, want in derived.items():
+        if key not in sd:
+            sd[key] = want
+        elif sd[key].shape == want.shape and not torch.equal(sd[key].to(want.dtype), want):
+            raise UserError(f"{path}: buffer {key} does not match the scales {var.patch_nums} "
+                            f"(expected the block-causal layout FoundationVision's code builds)")
+    for i in range(len(var.blocks)):
+        sd.setdefault(f"blocks.{i}.attn.zero_k_bias", torch.zeros(var.C))
+    return sd
+
+
+def _complete_vae_state(sd: dict, vqvae: VQVAE) -> dict:
+    """`quantize.ema_vocab_hit_SV` (training statistics, one row per scale of the tokenizer's
+    training) is taken from the model when absent or when its scale count differs, as
+    FoundationVision's own `VQVAE.load_state_dict` does."""
+    sd = dict(sd)
+    key = "quantize.ema_vocab_hit_SV"
+    own = vqvae.quantize.ema_vocab_hit_SV
+    if key not in sd or (sd[key].ndim == 2 and sd[key].shape[0] != own.shape[0] and sd[key].shape[1] == own.shape[1]):
+        sd[key] = own.clone()
+    return sd
+
+
 def _count(sd: dict, prefix: str) -> int:
     idx = {int(m.group(1)) for k in sd if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
     return max(idx) + 1 if idx else 0
@@ -139,11 +202,17 @@ def _need(sd: dict, key: str, path) -> torch.Tensor:
 
 
 def infer_vqvae_config(sd: dict, path, base: VQVAEConfig | None = None) -> VQVAEConfig:
-    """Tokenizer sizes read off a `vae_*.pth` state dict (GroupNorm groups come from `base`)."""
+    """Tokenizer sizes read off a `vae_*.pth` state dict (GroupNorm groups, the Phi residual ratio
+    and the loss weight are not in the tensors: they come from `base`, FoundationVision's 32, 0.5
+    and 0.25 by default)."""
     base = base or VQVAEConfig()
+    sd = _rename_vae_keys(sd)
     ch, in_ch = _need(sd, "encoder.conv_in.weight", path).shape[:2]
     levels = _count(sd, "encoder.down.")
     ch_mult = tuple(int(_need(sd, f"encoder.down.{i}.block.0.conv1.weight", path).shape[0]) // ch for i in range(levels))
+    phis = _count(sd, "quantize.quant_resi.qresi_ls.")
+    if phis == 0:
+        raise UserError(f"{path}: no quantize.quant_resi convs (a tokenizer built with quant_resi=0 is not supported)")
     return VQVAEConfig(
         in_channels=int(in_ch), ch=int(ch), ch_mult=ch_mult,
         num_res_blocks=_count(sd, "encoder.down.0.block."),
@@ -153,38 +222,51 @@ def infer_vqvae_config(sd: dict, path, base: VQVAEConfig | None = None) -> VQVAE
         using_sa=f"encoder.down.{levels - 1}.attn.0.qkv.weight" in sd,
         using_mid_sa="encoder.mid.attn_1.qkv.weight" in sd,
         beta=base.beta, quant_resi=base.quant_resi,
-        share_quant_resi=_count(sd, "quantize.quant_resi.qresi_ls."),
+        share_quant_resi=phis,
     )
 
 
 def infer_var_config(sd: dict, path, base: VARConfig | None = None) -> VARConfig:
-    """Transformer sizes read off a `var_d*.pth` state dict; scale widths from its level buffer."""
+    """Transformer sizes read off a `var_d*.pth` state dict; scale widths from its level buffer.
+
+    Heads come from the per-head attention scale (`scale_mul_1H11`, present with cosine
+    attention, as in every released model); without it, from FoundationVision's builder rule
+    (width = 64 x depth, heads = depth) when the width fits it, else from `base`."""
     base = base or VARConfig()
-    n_cls, C = _need(sd, "class_emb.weight", path).shape
+    sd = _rename_var_keys(sd)
+    n_cls, C = (int(n) for n in _need(sd, "class_emb.weight", path).shape)
     L = int(_need(sd, "pos_1LC", path).shape[1])
+    depth = _count(sd, "blocks.")
     if "lvl_1L" in sd:
-        counts = torch.bincount(sd["lvl_1L"].flatten().long()).tolist()
+        lvl = sd["lvl_1L"].flatten().long()
+        counts = torch.bincount(lvl).tolist()
         patch_nums = tuple(math.isqrt(c) for c in counts)
+        if any(p * p != c for p, c in zip(patch_nums, counts)) or not torch.equal(lvl.view(1, -1), level_index(patch_nums)):
+            raise UserError(f"{path}: lvl_1L is not a run of square token maps, one scale after another")
     elif L == sum(p * p for p in base.patch_nums):
         patch_nums = tuple(base.patch_nums)
     else:
         raise UserError(f"{path}: {L} tokens per image but no lvl_1L buffer to read the scale widths from")
+    if sum(p * p for p in patch_nums) != L:
+        raise UserError(f"{path}: lvl_1L covers {sum(p * p for p in patch_nums)} tokens but pos_1LC has {L}")
     if "blocks.0.attn.scale_mul_1H11" in sd:
         heads, l2 = int(sd["blocks.0.attn.scale_mul_1H11"].shape[1]), True
     else:
-        heads, l2 = base.num_heads, False
+        heads, l2 = (depth if C == 64 * depth else base.num_heads), False
+    if C % heads:
+        raise UserError(f"{path}: width {C} is not a multiple of {heads} heads")
     return VARConfig(
-        depth=_count(sd, "blocks."), embed_dim=int(C), num_heads=heads,
-        mlp_ratio=int(_need(sd, "blocks.0.ffn.fc1.weight", path).shape[0]) / int(C),
-        patch_nums=patch_nums, num_classes=int(n_cls) - 1, cond="class", attn_l2_norm=l2,
+        depth=depth, embed_dim=C, num_heads=heads,
+        mlp_ratio=int(_need(sd, "blocks.0.ffn.fc1.weight", path).shape[0]) / C,
+        patch_nums=patch_nums, num_classes=n_cls - 1, cond="class", attn_l2_norm=l2,
         norm_eps=base.norm_eps, class_names=base.class_names,
     )
 
 
-def _load_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], path, ignore: tuple[str, ...] = ()) -> None:
-    """Load every tensor or raise one line naming missing / unexpected / mis-shaped keys."""
+def _load_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], path) -> None:
+    """Load every tensor or raise one line naming missing / unexpected / mis-shaped keys, and
+    refuse weights no trained model has (NaN, inf, or uninitialised-memory magnitudes)."""
     expected = module.state_dict()
-    sd = {k: v for k, v in sd.items() if k not in ignore}
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
     shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
@@ -196,15 +278,34 @@ def _load_strict(module: torch.nn.Module, sd: dict[str, torch.Tensor], path, ign
             problems.append(f"{label}: {', '.join(items[:3])}{more}")
     if problems:
         raise UserError(f"{path}: does not match the {type(module).__name__} architecture: " + "; ".join(problems))
+    params = {name for name, _ in module.named_parameters()}
+    bad = [k for k in expected if k in params and sd[k].is_floating_point()
+           and not bool((sd[k].float().abs() < _GARBAGE_ABS).all())]
+    if bad:
+        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise UserError(f"{path}: {len(bad)} {type(module).__name__} weight tensors hold NaN/inf or values of "
+                        f"{_GARBAGE_ABS:g} and more, i.e. uninitialised memory: {', '.join(bad[:3])}{more}. "
+                        "FoundationVision's build_vae_var() leaves the tokenizer's convolutions uninitialised "
+                        "(it expects vae_ch160v4096z32.pth to be loaded into it); save a trained or initialised model")
     module.load_state_dict({k: v.to(expected[k].dtype) for k, v in sd.items()}, strict=True)
+
+
+def load_foundation_vision_vqvae(vae_path: str | Path, patch_nums: tuple[int, ...] = VAR_PATCH_NUMS,
+                                 base: VQVAEConfig | None = None) -> tuple[VQVAEConfig, VQVAE]:
+    """A FoundationVision `vae_*.pth` on its own, quantising at `patch_nums` (VAR-256's by default)."""
+    sd = _rename_vae_keys(_read_state_dict(vae_path, "VQVAE tokenizer"))
+    cfg = infer_vqvae_config(sd, vae_path, base)
+    vqvae = VQVAE(cfg, tuple(patch_nums))
+    _load_strict(vqvae, _complete_vae_state(sd, vqvae), vae_path)
+    return cfg, vqvae.eval()
 
 
 def load_foundation_vision(var_path: str | Path, vae_path: str | Path, device: str | torch.device = "cpu",
                            base: VarModelConfig | None = None, name: str | None = None) -> VarPipeline:
     """FoundationVision `var_d*.pth` + `vae_*.pth` into this package's architecture."""
     base = base or VarModelConfig(name="var")
-    sd_var = _read_state_dict(var_path, "VAR transformer")
-    sd_vae = _read_state_dict(vae_path, "VQVAE tokenizer")
+    sd_var = _rename_var_keys(_read_state_dict(var_path, "VAR transformer"))
+    sd_vae = _rename_vae_keys(_read_state_dict(vae_path, "VQVAE tokenizer"))
     var_cfg = infer_var_config(sd_var, var_path, base.var)
     vq_cfg = infer_vqvae_config(sd_vae, vae_path, base.vqvae)
     if "attn_bias_for_masking" in sd_var and sd_var["attn_bias_for_masking"].shape[-1] != var_cfg.seq_len:
@@ -217,17 +318,11 @@ def load_foundation_vision(var_path: str | Path, vae_path: str | Path, device: s
                         f"{Cvae} from a {V}-entry codebook, the tokenizer has {vq_cfg.z_channels} and {vq_cfg.vocab_size}")
     config = VarModelConfig(name=name or Path(var_path).stem, vqvae=vq_cfg, var=var_cfg, sampling=base.sampling)
     vqvae, var = build_models(config)
-    _load_strict(vqvae, sd_vae, vae_path, _DERIVED_VAE_KEYS)
-    _load_strict(var, sd_var, var_path, _DERIVED_VAR_KEYS)
+    _load_strict(vqvae, _complete_vae_state(sd_vae, vqvae), vae_path)
+    _load_strict(var, _complete_var_state(sd_var, var, var_path), var_path)
     return VarPipeline(config, vqvae.to(device), var.to(device))
 
 
 def foundation_vision_state_dicts(pipeline: VarPipeline) -> tuple[dict, dict]:
-    """(var, vae) state dicts in FoundationVision's layout, derived buffers included (for tests/export)."""
-    sd_var = dict(pipeline.var.state_dict())
-    sd_var["lvl_1L"] = pipeline.var.lvl_1L.clone()
-    sd_var["attn_bias_for_masking"] = pipeline.var.attn_bias_for_masking.clone()
-    sd_vae = dict(pipeline.vqvae.state_dict())
-    sd_vae["quantize.ema_vocab_hit_SV"] = torch.zeros(len(pipeline.patch_nums), pipeline.config.vqvae.vocab_size)
-    return sd_var, sd_vae
-
+    """(var, vae) state dicts in FoundationVision's layout (this package's modules have it), for export."""
+    return dict(pipeline.var.state_dict()), dict(pipeline.vqvae.state_dict())

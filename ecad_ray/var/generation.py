@@ -132,18 +132,27 @@ class VarPipeline:
 
     # ---- step-wise API ------------------------------------------------------------------
     @torch.inference_mode()
-    def start(self, cond: torch.Tensor, seeds: list[int], keep_intermediates: bool = False) -> GenerationState:
-        """Begin a batch: empty caches, zero latent, one generator per item."""
-        if len(seeds) != cond.shape[0]:
-            raise ValueError(f"{len(seeds)} seeds for {cond.shape[0]} conditions")
-        hw = self.patch_nums[-1]
+    def start(self, cond: torch.Tensor, seeds: list[int] | int, keep_intermediates: bool = False) -> GenerationState:
+        """Begin a batch: empty caches, zero latent, one generator per item.
+
+        `seeds` is one seed per item (an item's tokens depend on its seed only), or one int for
+        the whole batch: a single generator then draws every item's tokens in turn, as
+        FoundationVision's `autoregressive_infer_cfg(B, labels, g_seed=seed)` does, so the same
+        weights, labels and seed give their tokens. Generators live on the model's device."""
         B = cond.shape[0]
+        if isinstance(seeds, int):
+            generators = make_generators([seeds], self.device)
+        elif len(seeds) != B:
+            raise ValueError(f"{len(seeds)} seeds for {B} conditions")
+        else:
+            generators = make_generators(seeds, self.device)
+        hw = self.patch_nums[-1]
         cond_BD = self.var.cfg_cond(cond)
         return GenerationState(
             cond=cond,
             cond_BD=cond_BD,
             mods=self.var.modulations(cond_BD),
-            generators=make_generators(seeds),
+            generators=generators,
             f_hat_BChw=torch.zeros(B, self.config.vqvae.z_channels, hw, hw, device=self.device),
             kvs=[LayerKV() for _ in self.var.blocks],
             pruning=ScalePruning(0.0, *self.layer_range),
@@ -188,7 +197,7 @@ class VarPipeline:
         state.pruning.ratio = ratio
         x_BlC = self.var.run_blocks(x_BlC, state.cond_BD, state.kvs, state.pruning, state.mods)
         logits_BlV = self.var.logits(x_BlC, state.cond_BD, state.mods)
-        t = self.sampling.cfg * si / max(len(self.patch_nums) - 1, 1)  # guidance ramps up with scale
+        t = self.sampling.cfg * (si / max(len(self.patch_nums) - 1, 1))  # guidance ramps up with scale
         logits_BlV = (1 + t) * logits_BlV[:B] - t * logits_BlV[B:]
         idx_Bl = sample_tokens(logits_BlV, state.generators, self.sampling.top_k, self.sampling.top_p)
         quant = self.vqvae.quantize
@@ -222,7 +231,7 @@ class VarPipeline:
 
     # ---- one-shot -----------------------------------------------------------------------
     @torch.inference_mode()
-    def generate(self, cond: torch.Tensor, seeds: list[int], controller: Controller | None = None,
+    def generate(self, cond: torch.Tensor, seeds: list[int] | int, controller: Controller | None = None,
                  keep_intermediates: bool = False) -> GenerationResult:
         """All scales in one call; each scale's ratio comes from `controller` (default: none)."""
         controller = controller or NoPruning()

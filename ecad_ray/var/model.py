@@ -1,4 +1,9 @@
-"""The next-scale transformer (VAR's `models/var.py`), with FoundationVision's parameter names.
+"""The next-scale transformer (VAR's `models/var.py`), with FoundationVision's state-dict layout.
+
+`VAR.state_dict()` has exactly the keys of FoundationVision's `var_d*.pth` (`lvl_embed`, and
+the persistent buffers `lvl_1L`, `attn_bias_for_masking`, `blocks.*.attn.zero_k_bias`), so
+their checkpoints load strictly and the forward pass is theirs (same operations in the same
+order, float32 to rounding).
 
 Tokens of all scales form one sequence (L = sum of pn²). Attention is block-causal: a token
 sees every token of its own and earlier scales. Generation runs one scale per call and keeps
@@ -20,6 +25,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ecad_ray.var.config import VARConfig
+
+# FoundationVision clamps the learned log attention scale at log(100) computed in float32.
+MAX_SCALE_MUL = float(torch.tensor(100.0).log())
+
+
+def level_index(patch_nums: tuple[int, ...]) -> torch.Tensor:
+    """(1, L) int64: the scale index of every token (FoundationVision's `lvl_1L`)."""
+    return torch.cat([torch.full((pn * pn,), i) for i, pn in enumerate(patch_nums)]).view(1, -1)
+
+
+def block_causal_bias(patch_nums: tuple[int, ...]) -> torch.Tensor:
+    """(1, 1, L, L) float: 0 where a token may attend (same or earlier scale), -inf elsewhere."""
+    d = level_index(patch_nums).view(1, -1, 1)
+    L = d.shape[1]
+    return torch.where(d >= d.transpose(1, 2), 0.0, -torch.inf).reshape(1, 1, L, L).contiguous()
 
 
 @dataclass
@@ -51,7 +71,7 @@ class SelfAttention(nn.Module):
         self.mat_qkv = nn.Linear(C, 3 * C, bias=False)
         self.q_bias = nn.Parameter(torch.zeros(C))
         self.v_bias = nn.Parameter(torch.zeros(C))
-        self.register_buffer("zero_k_bias", torch.zeros(C), persistent=False)
+        self.register_buffer("zero_k_bias", torch.zeros(C))  # saved (and used) as FoundationVision does
         self.proj = nn.Linear(C, C)
         self.attn_l2_norm = cfg.attn_l2_norm
         if cfg.attn_l2_norm:
@@ -66,7 +86,7 @@ class SelfAttention(nn.Module):
         qkv = F.linear(x_BLC, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
         q_BHLc, k_BHLc, v_BHLc = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if self.attn_l2_norm:
-            scale_mul = self.scale_mul_1H11.clamp_max(math.log(100)).exp()
+            scale_mul = self.scale_mul_1H11.clamp_max(MAX_SCALE_MUL).exp()
             q_BHLc = F.normalize(q_BHLc, dim=-1) * scale_mul
             k_BHLc = F.normalize(k_BHLc, dim=-1)
         if kv is not None:
@@ -179,17 +199,15 @@ class VAR(nn.Module):
             raise ValueError(f"VARConfig.cond must be 'class' or 'text', got {cfg.cond!r}")
         self.pos_start = nn.Parameter(torch.empty(1, self.first_l, C))
         self.pos_1LC = nn.Parameter(torch.empty(1, L, C))
-        self.lvl_emb = nn.Embedding(len(self.patch_nums), C)
+        self.lvl_embed = nn.Embedding(len(self.patch_nums), C)
         self.word_embed = nn.Linear(Cvae, C)
         self.blocks = nn.ModuleList(AdaLNSelfAttn(cfg) for _ in range(cfg.depth))
         self.head_nm = AdaLNBeforeHead(cfg)
         self.head = nn.Linear(C, vocab_size)
 
-        lvl_1L = torch.cat([torch.full((pn * pn,), i) for i, pn in enumerate(self.patch_nums)]).view(1, L)
-        self.register_buffer("lvl_1L", lvl_1L, persistent=False)
-        d = lvl_1L.view(1, L, 1)
-        mask = torch.where(d >= d.transpose(1, 2), 0.0, -torch.inf).reshape(1, 1, L, L)
-        self.register_buffer("attn_bias_for_masking", mask, persistent=False)
+        # persistent, as in FoundationVision's checkpoints (the loader checks them against the scales)
+        self.register_buffer("lvl_1L", level_index(self.patch_nums))
+        self.register_buffer("attn_bias_for_masking", block_causal_bias(self.patch_nums))
         self.init_weights()
 
     def init_weights(self, std: float = 0.02, gate: float = 0.0) -> None:
@@ -241,7 +259,7 @@ class VAR(nn.Module):
     def scale_pos(self, scale_index: int) -> torch.Tensor:
         """Level + position embedding of one scale's tokens (1, pn², C)."""
         b, e = self.begin_ends[scale_index]
-        return self.lvl_emb(self.lvl_1L[:, b:e]) + self.pos_1LC[:, b:e]
+        return self.lvl_embed(self.lvl_1L[:, b:e]) + self.pos_1LC[:, b:e]
 
     def start_tokens(self, cond_BD: torch.Tensor) -> torch.Tensor:
         """Scale-0 input: the condition itself plus a learned start position."""
@@ -273,7 +291,7 @@ class VAR(nn.Module):
             cond_BD.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start.expand(B, self.first_l, -1),
             self.word_embed(x_BLCv_wo_first_l.float()),
         ), dim=1)
-        x_BLC = x_BLC + self.lvl_emb(self.lvl_1L[:, :L].expand(B, -1)) + self.pos_1LC[:, :L]
+        x_BLC = x_BLC + (self.lvl_embed(self.lvl_1L[:, :L].expand(B, -1)) + self.pos_1LC[:, :L])
         attn_bias = self.attn_bias_for_masking[:, :, :L, :L]
         for block in self.blocks:
             x_BLC = block(x_BLC, cond_BD, attn_bias)

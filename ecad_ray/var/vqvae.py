@@ -3,12 +3,14 @@
 An image becomes one latent map f (B, Cvae, h, w); scale k quantises the still-unexplained
 residual, area-downsampled to `patch_nums[k]`², against one shared codebook; each scale's
 codes are upsampled back (bicubic) through a small residual conv `Phi` and summed into
-`f_hat`. The decoder turns `f_hat` into pixels. Parameter names follow
-`vae_ch160v4096z32.pth` so the real checkpoint loads into this code unchanged.
+`f_hat`. The decoder turns `f_hat` into pixels. The state-dict layout is that of
+FoundationVision's `vae_ch160v4096z32.pth` (including the `quantize.ema_vocab_hit_SV` training
+buffer), so the real checkpoint loads into this code unchanged and reconstructs as theirs does.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -177,19 +179,30 @@ class Phi(nn.Conv2d):
         return h * (1 - self.resi_ratio) + super().forward(h) * self.resi_ratio
 
 
+def phi_ticks(K: int) -> np.ndarray:
+    """Relative depths (0..1) the K Phi convs stand for: 1/(3K) from either end when K == 4 (the
+    released tokenizer), 1/(2K) otherwise, as FoundationVision's code has it. Computed exactly as
+    numpy's linspace does: with 10 scales, scales 2 and 7 lie exactly half-way between two ticks,
+    so the last bit decides which Phi they use."""
+    margin = 1 / 3 / K if K == 4 else 1 / 2 / K
+    return np.linspace(margin, 1 - margin, K)
+
+
 class PhiPartiallyShared(nn.Module):
-    """K Phi convs; scale k of n uses the one whose tick is nearest k/(n-1)."""
+    """K Phi convs; scale k of n uses the one whose tick is nearest k/(n-1) (first on a tie).
+
+    K = 1 is FoundationVision's fully shared Phi and K = number of scales its non-shared one;
+    the loader maps those layouts' keys onto `qresi_ls`."""
 
     def __init__(self, phis: list[Phi]):
         super().__init__()
         self.qresi_ls = nn.ModuleList(phis)
-        K = len(phis)
-        self.ticks = torch.linspace(1 / 3 / K, 1 - 1 / 3 / K, K, dtype=torch.float64)
+        self.ticks = phi_ticks(len(phis))
 
     def for_scale(self, scale_index: int, num_scales: int) -> Phi:
         """The Phi used at `scale_index` of `num_scales`."""
         at = scale_index / max(num_scales - 1, 1)
-        return self.qresi_ls[int(torch.argmin((self.ticks - at).abs()))]
+        return self.qresi_ls[int(np.argmin(np.abs(self.ticks - at)))]
 
 
 class MultiScaleQuantizer(nn.Module):
@@ -201,6 +214,9 @@ class MultiScaleQuantizer(nn.Module):
         self.patch_nums = tuple(patch_nums)
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.z_channels)
         self.quant_resi = PhiPartiallyShared([Phi(cfg.z_channels, cfg.quant_resi) for _ in range(cfg.share_quant_resi)])
+        # codebook usage per scale, kept by FoundationVision's tokenizer training; unused here but
+        # saved so the state dict has their layout (a file with another scale count loads too)
+        self.register_buffer("ema_vocab_hit_SV", torch.zeros(len(self.patch_nums), cfg.vocab_size))
 
     def phi(self, scale_index: int) -> Phi:
         """Phi conv for a scale of this quantizer's schedule."""
@@ -208,9 +224,9 @@ class MultiScaleQuantizer(nn.Module):
 
     def nearest(self, rest_NC: torch.Tensor) -> torch.Tensor:
         """Index of the closest codebook vector for each row."""
-        w = self.embedding.weight
-        d_NV = rest_NC.pow(2).sum(1, keepdim=True) + w.pow(2).sum(1) - 2 * rest_NC @ w.T
-        return d_NV.argmin(dim=1)
+        w = self.embedding.weight.detach()  # an index, no gradient
+        d_NV = rest_NC.square().sum(1, keepdim=True) + w.square().sum(1)
+        return d_NV.addmm_(rest_NC, w.T, alpha=-2, beta=1).argmin(dim=1)
 
     def upsampled_codes(self, idx_Bl: torch.Tensor, scale_index: int, hw: int) -> torch.Tensor:
         """Codes of one scale as a (B, Cvae, hw, hw) map after bicubic upsampling and Phi."""
@@ -225,16 +241,23 @@ class MultiScaleQuantizer(nn.Module):
 
     def encode(self, f_BChw: torch.Tensor) -> list[torch.Tensor]:
         """Latent -> token indices per scale, each (B, pn*pn)."""
+        return self.encode_with_fhat(f_BChw)[0]
+
+    def encode_with_fhat(self, f_BChw: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Latent -> (token indices per scale, the summed quantised latent f_hat)."""
         B, C, H, W = f_BChw.shape
         f_rest = f_BChw.detach().clone()
+        f_hat = torch.zeros_like(f_rest)
         idx_per_scale = []
         for si, pn in enumerate(self.patch_nums):
             rest = F.interpolate(f_rest, size=(pn, pn), mode="area") if pn != H else f_rest
             idx_N = self.nearest(rest.permute(0, 2, 3, 1).reshape(-1, C))
             idx_Bl = idx_N.view(B, pn * pn)
-            f_rest = f_rest - self.upsampled_codes(idx_Bl, si, H)
+            h = self.upsampled_codes(idx_Bl, si, H)
+            f_hat = f_hat + h
+            f_rest = f_rest - h
             idx_per_scale.append(idx_Bl)
-        return idx_per_scale
+        return idx_per_scale, f_hat
 
     def forward(self, f_BChw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training pass: straight-through f_hat and the VQ loss."""
@@ -284,6 +307,10 @@ class VQVAE(nn.Module):
     def img_to_idx(self, img_B3HW: torch.Tensor) -> list[torch.Tensor]:
         """Token indices per scale for images in [-1, 1]."""
         return self.quantize.encode(self.quant_conv(self.encoder(img_B3HW)))
+
+    def reconstruct(self, img_B3HW: torch.Tensor) -> torch.Tensor:
+        """Encode, quantise at every scale and decode: the tokenizer's reconstruction in [-1, 1]."""
+        return self.fhat_to_img(self.quantize.encode_with_fhat(self.quant_conv(self.encoder(img_B3HW)))[1])
 
     def fhat_to_img(self, f_hat: torch.Tensor) -> torch.Tensor:
         """Decode a summed latent to pixels in [-1, 1]."""
