@@ -8,6 +8,16 @@ from typing import Annotated, Optional
 import typer
 
 from ecad_ray.errors import UserError
+from ecad_ray_cli.options import (
+    Address,
+    BatchSize,
+    GuidanceScale,
+    NumImagesPerPrompt,
+    NumWorkers,
+    StartSeed,
+    old_spelling,
+    resolve_alias,
+)
 
 var_app = typer.Typer(help="VAR next-scale generation with FastVAR-style per-scale token pruning.",
                       no_args_is_help=True)
@@ -27,49 +37,72 @@ def generate(
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Folder for items, config_all.json, metadata.json.")],
     model: Annotated[str, typer.Option(help="demo-var | random:<preset> | file.safetensors | FoundationVision var_d16.pth or folder.")] = "demo-var",
     vae: Annotated[Optional[str], typer.Option(help="FoundationVision tokenizer (vae_ch160v4096z32.pth) for a .pth --model.")] = None,
-    classes: Annotated[Optional[str], typer.Option(help="Comma-separated class labels, e.g. 0,3,7.")] = None,
+    classes: Annotated[Optional[str], typer.Option(help="Comma-separated class labels, e.g. 0,3,7 (default, without --prompt-file: every class, or the demo captions for a text model).")] = None,
     prompt_file: Annotated[Optional[Path], typer.Option(help="Prompts: one per line, or JSON {id: {\"prompt\": ...}}.")] = None,
     pruning_scales: Annotated[Optional[str], typer.Option(help="Ratios by map width, e.g. '8:0.5,16:1.0' (>= 1 skips the scale).")] = None,
     controller: Annotated[Optional[str], typer.Option(help="default (seed tail pattern 0.3,0.4,1,1,0.8,1) | none.")] = None,
-    images_per_condition: Annotated[int, typer.Option(help="Images per class/prompt; seeds run from --seed.")] = 1,
-    seed: Annotated[int, typer.Option(help="First seed; each item has its own generator.")] = 0,
-    cfg: Annotated[Optional[float], typer.Option(help="Classifier-free guidance (default: the model's).")] = None,
+    num_images_per_prompt: NumImagesPerPrompt = 1,
+    start_seed: StartSeed = 0,
+    guidance_scale: GuidanceScale = None,
     top_k: Annotated[Optional[int], typer.Option(help="Top-k sampling, 0 = off (default: the model's).")] = None,
     top_p: Annotated[Optional[float], typer.Option(help="Top-p sampling, 0 = off (default: the model's).")] = None,
     prune_layers: Annotated[Optional[str], typer.Option(help="Layers that prune, start:end (default: FastVAR's share, 3/32 on).")] = None,
     save_intermediates: Annotated[bool, typer.Option("--save-intermediates", help="Write summed_codes/ and rescale_codes/ per scale.")] = False,
     spectra: Annotated[bool, typer.Option("--spectra", help="Write DFT spectra .npy (pixel and latent) per scale.")] = False,
-    batch_size: Annotated[int, typer.Option(help="Items per generator call.")] = 8,
-    num_actors: Annotated[int, typer.Option(help="Generator actors in the Ray pool.")] = 1,
+    batch_size: BatchSize = 8,
+    num_workers: NumWorkers = 1,
+    address: Address = None,
     device: Annotated[str, typer.Option(help="Torch device of each generator.")] = "cpu",
+    images_per_condition: Annotated[Optional[int], old_spelling("--images-per-condition", "--num-images-per-prompt")] = None,
+    seed: Annotated[Optional[int], old_spelling("--seed", "--start-seed")] = None,
+    cfg: Annotated[Optional[float], old_spelling("--cfg", "--guidance-scale")] = None,
+    num_actors: Annotated[Optional[int], old_spelling("--num-actors", "--num-workers")] = None,
 ) -> None:
     """Generate images through the Ray Data plan, optionally pruned per scale."""
+    from ecad_ray.var.checkpoints import load_var_model
     from ecad_ray.var.run import VarRunOptions, build_rows, parse_layer_range, read_prompt_file
 
+    num_images_per_prompt = resolve_alias(num_images_per_prompt, 1, images_per_condition, "--images-per-condition",
+                                          "--num-images-per-prompt")
+    start_seed = resolve_alias(start_seed, 0, seed, "--seed", "--start-seed")
+    guidance_scale = resolve_alias(guidance_scale, None, cfg, "--cfg", "--guidance-scale")
+    num_workers = resolve_alias(num_workers, 1, num_actors, "--num-actors", "--num-workers")
     if pruning_scales and controller:
         raise UserError("--pruning-scales / --controller: give one of them, not both")
     if controller not in (None, "default", "none"):
         raise UserError(f"--controller {controller}: choose default or none (or use --pruning-scales)")
-    if batch_size < 1 or num_actors < 1:
-        raise UserError("--batch-size / --num-actors: must be >= 1")
+    if batch_size < 1 or num_workers < 1:
+        raise UserError("--batch-size / --num-workers: must be >= 1")
     spec = pruning_scales or controller or "none"
+    pipe = load_var_model(model, vae)  # fails fast in the driver, before Ray actors start
     prompts = read_prompt_file(prompt_file) if prompt_file else None
-    rows = build_rows(_parse_classes(classes), prompts, images_per_condition, seed)
-    options = VarRunOptions(model=model, vae=vae, controller=spec, cfg=cfg, top_k=top_k, top_p=top_p,
+    labels = _parse_classes(classes)
+    if labels is None and prompts is None:
+        labels, prompts = default_conditions(pipe)
+    rows = build_rows(labels, prompts, num_images_per_prompt, start_seed)
+    options = VarRunOptions(model=model, vae=vae, controller=spec, cfg=guidance_scale, top_k=top_k, top_p=top_p,
                             prune_layers=parse_layer_range(prune_layers), save_intermediates=save_intermediates,
                             spectra=spectra, device=device)
-    _check_options(options, rows)
-    configs = launch_generate(rows, options, output_dir, num_actors, batch_size)
+    _check_options(pipe, options, rows)
+    configs = launch_generate(rows, options, output_dir, num_workers, batch_size, address)
     secs = sum(c["seconds_per_image"] for c in configs) / max(len(configs), 1)
     typer.echo(f"{len(configs)} images -> {output_dir} (controller {spec}; {secs:.3f} s/image in the generators)")
 
 
-def _check_options(options, rows) -> None:
-    """Fail fast in the driver (bad model, widths, layers, classes, prompts) before Ray actors start."""
-    from ecad_ray.var.checkpoints import load_var_model
+def default_conditions(pipe) -> tuple[list[int] | None, list[str] | None]:
+    """What `var generate` draws when no --classes / --prompt-file is given: every class of a
+    class-conditional model, the demo's held-out captions for a text-conditional one."""
+    if pipe.config.var.cond == "text":
+        from ecad_ray.shapes import heldout_captions
+
+        return None, heldout_captions()
+    return list(range(pipe.config.var.num_classes)), None
+
+
+def _check_options(pipe, options, rows) -> None:
+    """Fail fast in the driver (widths, layers, classes, prompts) before Ray actors start."""
     from ecad_ray.var.controllers import make_controller
 
-    pipe = load_var_model(options.model, options.vae)
     make_controller(options.controller, pipe.patch_nums)
     if rows[0]["class_label"] >= 0:
         pipe.conditions(classes=sorted({r["class_label"] for r in rows}))
@@ -79,11 +112,12 @@ def _check_options(options, rows) -> None:
         raise UserError(f"--prune-layers: end {options.prune_layers[1]} is past the model's {pipe.config.var.depth} layers")
 
 
-def launch_generate(rows, options, output_dir, num_actors, batch_size):
+def launch_generate(rows, options, output_dir, num_workers, batch_size, address=None):
     """Run the Ray plan (a seam the CLI tests patch)."""
     from actors.var_plan import run_var_generate
 
-    return run_var_generate(rows, options, output_dir, num_actors=num_actors, batch_size=batch_size)
+    return run_var_generate(rows, options, output_dir, num_actors=num_workers, batch_size=batch_size,
+                            address=address)
 
 
 @var_app.command("eval")

@@ -17,24 +17,50 @@ from ecad_ray_cli.main import app
 runner = CliRunner()
 
 
-def test_generate_passes_exact_options(monkeypatch, tmp_path):
-    seen = {}
-
-    def fake_launch(rows, options, output_dir, num_actors, batch_size):
-        seen.update(rows=rows, options=options, output_dir=output_dir, num_actors=num_actors, batch_size=batch_size)
+def _fake_launch(seen):
+    def fake_launch(rows, options, output_dir, num_workers, batch_size, address=None):
+        seen.update(rows=rows, options=options, output_dir=output_dir, num_workers=num_workers, batch_size=batch_size,
+                    address=address)
         return [{"seconds_per_image": 0.5}]
 
-    monkeypatch.setattr(var_cli, "launch_generate", fake_launch)
+    return fake_launch
+
+
+@pytest.mark.parametrize("spelling", ["shared", "old"])
+def test_generate_passes_exact_options(monkeypatch, tmp_path, spelling):
+    """The shared vocabulary (as `generate` spells it) and the old VAR spellings mean the same."""
+    seen = {}
+    monkeypatch.setattr(var_cli, "launch_generate", _fake_launch(seen))
+    names = {"shared": ["--num-images-per-prompt", "--start-seed", "--guidance-scale", "--num-workers"],
+             "old": ["--images-per-condition", "--seed", "--cfg", "--num-actors"]}[spelling]
     result = runner.invoke(app, ["var", "generate", "--model", "random:tiny", "--classes", "3,5",
-                                 "--images-per-condition", "2", "--seed", "10", "--pruning-scales", "3:0.5,4:1.0",
-                                 "--prune-layers", "1:2", "--cfg", "1.5", "--save-intermediates",
-                                 "-o", str(tmp_path), "--num-actors", "2", "--batch-size", "3"])
+                                 names[0], "2", names[1], "10", "--pruning-scales", "3:0.5,4:1.0",
+                                 "--prune-layers", "1:2", names[2], "1.5", "--save-intermediates",
+                                 "-o", str(tmp_path), names[3], "2", "--batch-size", "3"])
     assert result.exit_code == 0, result.output
     assert seen["options"] == VarRunOptions(model="random:tiny", controller="3:0.5,4:1.0", cfg=1.5,
                                             prune_layers=(1, 2), save_intermediates=True)
     assert [(r["class_label"], r["seed"]) for r in seen["rows"]] == [(3, 10), (3, 11), (5, 10), (5, 11)]
     assert seen["rows"][1]["item_name"] == "0001__class:3__seed:011"
-    assert (seen["num_actors"], seen["batch_size"]) == (2, 3)
+    assert (seen["num_workers"], seen["batch_size"], seen["address"]) == (2, 3, None)
+
+
+def test_old_spellings_are_hidden_and_a_conflict_is_one_line(monkeypatch, tmp_path):
+    help_text = runner.invoke(app, ["var", "generate", "--help"]).output
+    assert "--num-workers" in help_text and "--num-actors" not in help_text and "--images-per-condition" not in help_text
+    monkeypatch.setattr(var_cli, "launch_generate", lambda *a, **k: pytest.fail("must fail before launching Ray"))
+    result = runner.invoke(app, ["var", "generate", "--model", "random:tiny", "-o", str(tmp_path),
+                                 "--num-workers", "2", "--num-actors", "3"])
+    assert result.exit_code != 0
+    assert "--num-workers 2 and --num-actors 3: the same option twice with different values" in str(result.exception)
+
+
+def test_without_classes_or_prompts_every_class_is_drawn(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(var_cli, "launch_generate", _fake_launch(seen))
+    result = runner.invoke(app, ["var", "generate", "--model", "random:tiny", "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert [r["class_label"] for r in seen["rows"]] == list(range(10))  # random:tiny has 10 classes
 
 
 @pytest.mark.parametrize("args, message", [
