@@ -30,6 +30,7 @@ def ray_local():
 
     if not ray.is_initialized():
         with loopback_only():
-            ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+            # "local": a Ray of its own even when `ray start` (a user, another test) left one running
+            ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
