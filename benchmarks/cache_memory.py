@@ -14,6 +14,7 @@ from pathlib import Path
 
 import ecad_ray  # noqa: F401
 from ecad_ray.caching import cache_memory, load_schedule, shipped_spec
+from ecad_ray.models.families import family_named
 
 ROOT = Path(__file__).resolve().parents[1] / "schedules"
 FILES = [
@@ -40,12 +41,13 @@ def main() -> None:
     print(f"{'schedule':64s} {'batch':>5s} {'ours peak':>9s} {'ours mean':>9s} {'ECAD':>9s} {'peak/ECAD':>9s} {'mean/ECAD':>9s}")
     for rel in FILES:
         schedule = load_schedule(ROOT / rel)
-        flux = schedule.family == "flux"
-        spec = shipped_spec("flux-dev" if flux else "pixart-alpha-256")
-        per_image = 1 if flux else 2
+        family = family_named(schedule.family)
+        cfg = family.uses_negative_prompt  # a CFG pair per image (PixArt); FLUX embeds guidance
+        spec = shipped_spec(family.reference_model)
+        per_image = 2 if cfg else 1
         timed = ((schedule.metrics or {}).get("latency") or {}).get("batch_size")
         for batch in sorted({per_image, per_image * timed} if timed else {per_image}):
-            r = cache_memory(schedule, spec, batch=batch, bytes_per_element=2, cfg=not flux)
+            r = cache_memory(schedule, spec, batch=batch, bytes_per_element=2, cfg=cfg)
             print(f"{rel:64s} {batch:5d} {mib(r.peak_bytes)} {mib(r.mean_bytes)} {mib(r.keep_all_bytes)} "
                   f"{r.ratio:9.3f} {r.mean_bytes / r.keep_all_bytes:9.3f}")
 

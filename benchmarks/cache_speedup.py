@@ -35,6 +35,7 @@ from ecad_ray.caching import apply_schedule, load_schedule, schedule_mac_report,
 from ecad_ray.caching.baselines import default_schedule, every_schedule, fora_schedule, tgate_schedule
 from ecad_ray.caching.schedule import make_schedule
 from ecad_ray.caching.testing import tiny_pixart_transformer
+from ecad_ray.models.families import family_named
 
 ECAD_FAST = "schedules/schedules_in_paper/pixart_alpha_256/ours_fast.json"
 ECAD_FASTEST = "schedules/schedules_in_paper/pixart_alpha_256/ours_fastest.json"
@@ -44,7 +45,8 @@ def squeeze_blocks(path: str, blocks: int, steps: int):
     """A published 28-block schedule on `blocks` evenly spaced blocks (keeps its step pattern)."""
     real = load_schedule(path)
     picks = [round(i * (real.num_blocks - 1) / max(blocks - 1, 1)) for i in range(blocks)]
-    bits = {s: {str(i): {c: real.recompute(s, str(b), c) for c in ("attn1", "attn2", "ff")}
+    components = family_named(real.family).components_of
+    bits = {s: {str(i): {c: real.recompute(s, str(b), c) for c in components(str(b))}
                 for i, b in enumerate(picks)} for s in range(steps)}
     return make_schedule(f"{real.name}[{blocks} blocks]", bits, blocks, steps)
 

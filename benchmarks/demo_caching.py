@@ -25,15 +25,15 @@ from pathlib import Path
 import numpy as np
 
 import ecad_ray  # noqa: F401  (patches torchvision before diffusers loads)
+from ecad_ray.models import demo
 
-SUBLAYERS = ("attn1", "attn2", "ff")
+SUBLAYERS = demo.FAMILY.components_of("0")  # attn1, attn2, ff: every demo block has the same three
 
 
 def _sublayers(transformer):
     """(block index, sub-layer name, module) for every cacheable sub-layer."""
-    for i, block in enumerate(transformer.transformer_blocks):
-        for name in SUBLAYERS:
-            yield i, name, getattr(block, name)
+    for (block, name), module in demo.FAMILY.sublayer_modules(transformer).items():
+        yield int(block), name, module
 
 
 class _StepCounter:
@@ -109,9 +109,7 @@ def fora_cache(pipe, interval: int = 2):
         finally:
             stand_in.remove()
         return
-    from ecad_ray.models.demo import demo_config
-
-    cfg = demo_config()
+    cfg = demo.demo_config()
     spec = spec_from_transformer(pipe.transformer, cfg["image_size"], cfg["image_size"], cfg["max_sequence_length"])
     handle = apply_schedule(pipe, fora_schedule(spec, cfg["num_inference_steps"], interval))
     print(f"(using ecad_ray.caching: {type(handle).__name__})")

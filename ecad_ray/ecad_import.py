@@ -29,7 +29,7 @@ import torch
 
 from ecad_ray.embeddings import EmbeddingStore
 from ecad_ray.errors import UserError
-from ecad_ray.families import family_of
+from ecad_ray.models.families import generation_family
 from ecad_ray.models.registry import resolve_model
 from ecad_ray.prompt_sources import COCO_MEGABATCH, DATASETS, PromptSource, coco_line, iter_prompts
 
@@ -207,7 +207,7 @@ def import_ecad_embeddings(
     prompts = Path(prompts) if prompts is not None else None
     _check_options(prompts, dataset)
     spec = resolve_model(model)
-    family = family_of(spec.family)
+    family = generation_family(spec.family)
     if not src.is_dir():
         raise UserError(f"SRC {src}: no such folder")
     files = sorted(src.rglob("*.pt"), key=_sort_key)
@@ -225,11 +225,11 @@ def import_ecad_embeddings(
             rows, texts, negs = [], [], []
             for entry in chunk:
                 data = _load(entry.path)
-                rows.append(_tensors(entry.path, data, family.keys, what))
+                rows.append(_tensors(entry.path, data, family.embedding_keys, what))
                 texts.append(_prompt_text(entry, data))
                 negs.append(str(data.get("negative_prompt", "")))
             store.write_shard(
-                _stack(rows, family.keys, f"{src}/{part}"),
+                _stack(rows, family.embedding_keys, f"{src}/{part}"),
                 prompt_ids=[e.prompt_id for e in chunk],
                 prompts=texts,
                 negative_prompts=negs,

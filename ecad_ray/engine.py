@@ -1,7 +1,10 @@
 """The two halves of text-to-image generation as plain objects: encode text, denoise images.
 
 Ray stages (in `actors/`) and plain loops (benchmarks, tests) use the same objects, so the
-Ray plan adds scheduling and nothing else.
+Ray plan adds scheduling and nothing else. What differs between PixArt and FLUX (embedding
+keys, pipeline arguments) is the model family's (`ecad_ray.models.families`). Each image gets
+its own `torch.Generator`, so its starting noise depends on its seed alone, never on its
+position in a batch.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import torch
 
 from ecad_ray.batch_invariance import pad_small_linears
 from ecad_ray.config import ImageSettings
-from ecad_ray.families import encode_prompts, family_of, generate_images
+from ecad_ray.models.families import ModelFamily, generation_family
 from ecad_ray.models.loading import load_pipeline, resolve_device, resolve_dtype
 from ecad_ray.models.registry import ModelSpec
 
@@ -26,7 +29,7 @@ class TextEncoder:
         # which is by design (PixArt-α: 120 T5 tokens, demo: 16)
         logging.getLogger("diffusers.pipelines").setLevel(logging.ERROR)
         self.spec = spec
-        self.family = family_of(spec.family)
+        self.family = generation_family(spec.family)
         dev = resolve_device(device)
         self.pipe = load_pipeline(spec, dev, resolve_dtype(dtype, spec, dev), part="text")
         for name in ("text_encoder", "text_encoder_2"):  # FLUX has two
@@ -35,7 +38,8 @@ class TextEncoder:
 
     def __call__(self, prompts: list[str], negative_prompts: list[str]) -> dict[str, torch.Tensor]:
         """Embeddings for each prompt (batch dimension first), on the CPU."""
-        tensors = encode_prompts(self.pipe, self.family, prompts, negative_prompts, self.spec.max_sequence_length)
+        with torch.no_grad():
+            tensors = self.family.encode_prompts(self.pipe, prompts, negative_prompts, self.spec.max_sequence_length)
         return {k: v.cpu() for k, v in tensors.items()}
 
 
@@ -52,7 +56,7 @@ class ImageGenerator:
     ):
         self.spec = spec
         self.settings = settings
-        self.family = family_of(spec.family)
+        self.family = generation_family(spec.family)
         self.device = resolve_device(device)
         self.pipe = load_pipeline(spec, self.device, resolve_dtype(dtype, spec, self.device), part="denoise")
         pad_small_linears(self.pipe.transformer)  # pixels must not depend on the batch
@@ -102,3 +106,48 @@ class ImageGenerator:
             steps=steps,
             guidance_scale=s.guidance_scale,
         )
+
+
+@torch.no_grad()
+def generate_images(
+    pipe,
+    family: ModelFamily,
+    embeddings: dict[str, torch.Tensor],
+    seeds: list[int],
+    *,
+    height: int,
+    width: int,
+    steps: int,
+    guidance_scale: float,
+) -> np.ndarray:
+    """Denoise one image per seed from precomputed embeddings; returns uint8 images (N, H, W, 3).
+
+    Pixels must not depend on the batch: CPU kernels take a different path for a single row
+    (gemv, batch-1 convolution), so a lone image without CFG is computed as a pair and the VAE
+    decodes one image at a time (`enable_slicing`).
+    """
+    uses_cfg = family.uses_negative_prompt and guidance_scale > 1.0
+    if len(seeds) == 1 and not uses_cfg:
+        pair = {k: v.repeat(2, *([1] * (v.dim() - 1))) for k, v in embeddings.items()}
+        return generate_images(
+            pipe, family, pair, seeds * 2, height=height, width=width, steps=steps, guidance_scale=guidance_scale
+        )[:1]
+    pipe.vae.enable_slicing()
+    device = pipe._execution_device
+    dtype = pipe.transformer.dtype
+    kwargs = family.call_kwargs(
+        steps=steps,
+        guidance_scale=guidance_scale,
+        height=height,
+        width=width,
+        embeddings={k: _to(v, device, dtype) for k, v in embeddings.items()},
+    )
+    generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+    out = pipe(**kwargs, generator=generators)
+    return (np.clip(out.images, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def _to(tensor: torch.Tensor, device, dtype) -> torch.Tensor:
+    if tensor.is_floating_point():
+        return tensor.to(device=device, dtype=dtype)
+    return tensor.to(device=device)

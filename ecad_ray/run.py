@@ -21,7 +21,7 @@ from ecad_ray.atomic import write_text_atomic
 from ecad_ray.config import GenerateConfig, ImageSettings
 from ecad_ray.embeddings import EmbeddingStore
 from ecad_ray.errors import UserError
-from ecad_ray.families import family_of
+from ecad_ray.models.families import generation_family
 from ecad_ray.models.loading import fetch_weights
 from ecad_ray.models.registry import ModelSpec, resolve_model
 from ecad_ray.prompts import Prompt, from_texts, read_prompt_file
@@ -59,7 +59,7 @@ def plan_run(config: GenerateConfig) -> RunPlan:
             raise UserError(f"--transformer-weights {weights}: no such file")
         spec = replace(spec, transformer_file=str(weights.resolve()))
     spec = fetch_weights(spec)
-    family = family_of(spec.family)
+    family = generation_family(spec.family)
     schedule_name, schedule_steps = _check_schedule(config, spec)
     if schedule_steps and not config.steps:
         config = replace(config, steps=schedule_steps)

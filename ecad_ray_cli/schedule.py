@@ -25,8 +25,9 @@ ModelOption = Annotated[
 def _spec_for(schedule, model: str | None):
     """The model a schedule is costed on: `--model`, else the shipped config of its family."""
     from ecad_ray.caching.spec import resolve_spec
+    from ecad_ray.models.families import family_named
 
-    name = model or ("flux-dev" if schedule.family == "flux" else "pixart-alpha-256")
+    name = model or family_named(schedule.family).reference_model
     spec = resolve_spec(name)
     cfg = schedule.config or {}
     if model is None and ("height" in cfg or "width" in cfg):

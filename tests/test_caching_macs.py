@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from ecad_ray.caching import load_schedule, resolve_spec, schedule_mac_report, schedule_macs, shipped_spec
 from ecad_ray.caching.macs import always_macs, component_macs, conventions_differ
 from ecad_ray.caching.schedule import make_schedule
-from ecad_ray.caching.spec import shipped_config
 from ecad_ray.errors import UserError
+from ecad_ray.models.registry import shipped_config
 
 SCHEDULES = Path(__file__).resolve().parents[1] / "schedules"  # ECAD's published files (copied) + demo
 FILES = sorted(SCHEDULES.rglob("*.json"))  # every file, no filter: each must be classified below

@@ -30,7 +30,7 @@ def _build(spec: TransformerSpec, steps: int, name: str, flag, attributes: dict,
     attrs = {"num_affected_steps": len(affected), **attributes}
     return make_schedule(
         name, bits, spec.num_blocks, steps,
-        num_single_blocks=spec.num_single_blocks if spec.family == "flux" else None,
+        num_single_blocks=spec.schedule_num_single_blocks,
         attributes=attrs, **extra,
     )
 
@@ -80,7 +80,8 @@ def delta_dit_schedule(spec: TransformerSpec, steps: int, num_cached_blocks: int
 def tgate_schedule(spec: TransformerSpec, steps: int, gate_step: int, sp_interval: int = 1,
                    fi_interval: int = 1, warmup: int = 2) -> Schedule:
     """TGATE: cross-attention cached from `gate_step` on (see module docstring)."""
-    if spec.family != "pixart":
+    family = spec.model_family
+    if not family.supports_tgate:
         raise UserError("make tgate: TGATE needs PixArt cross-attention (attn2)")
     if not 1 <= gate_step <= steps:
         raise UserError(f"--gate-step: {gate_step} is outside 1..{steps}")
@@ -91,10 +92,10 @@ def tgate_schedule(spec: TransformerSpec, steps: int, gate_step: int, sp_interva
         if s < warmup:
             return True
         if s < gate_step:
-            return s % sp_interval == 0 if c == "attn1" else True
-        if c == "attn2":
+            return s % sp_interval == 0 if c == family.self_attention else True
+        if c == family.cross_attention:
             return False
-        return s % fi_interval == 0 if c == "ff" else True
+        return s % fi_interval == 0 if c == family.feed_forward else True
 
     custom = {b: {"name": TGATE, "kwargs": {"gate_step": gate_step}} for b in spec.block_names}
     name = f"tgate_m_{gate_step:03d}_sp_{sp_interval:03d}_fi_{fi_interval:03d}_warmup_{warmup:03d}"

@@ -16,6 +16,8 @@ from ecad_ray.caching.hooks import apply_schedule
 from ecad_ray.caching.schedule import Schedule
 from ecad_ray.caching.validate import validate_schedule
 from ecad_ray.errors import UserError
+from ecad_ray.models.loading import load_pipeline, resolve_device, resolve_dtype
+from ecad_ray.models.registry import ModelSpec, resolve_model
 
 
 @dataclass(frozen=True)
@@ -48,28 +50,22 @@ def device_name(device: torch.device) -> str:
     return f"CPU {cpu} ({torch.get_num_threads()} threads)"
 
 
-def _call(pipe, family: str, schedule: Schedule, model_spec, config: BenchConfig, device: torch.device):
+def _call(pipe, schedule: Schedule, model_spec: ModelSpec, config: BenchConfig):
     height = (schedule.config or {}).get("height", model_spec.height)
     width = (schedule.config or {}).get("width", model_spec.width)
-    common = dict(
+    kwargs = model_spec.model_family.call_kwargs(
         prompt=[config.prompt] * config.batch_size,
-        num_inference_steps=schedule.num_inference_steps,
+        steps=schedule.num_inference_steps,
         guidance_scale=model_spec.guidance_scale,
         height=height,
         width=width,
-        generator=torch.Generator(device="cpu").manual_seed(config.seed),
-        output_type="np",
+        max_sequence_length=model_spec.max_sequence_length,
     )
-    if family == "pixart":
-        return pipe(use_resolution_binning=False, clean_caption=False, max_sequence_length=model_spec.max_sequence_length, **common)
-    return pipe(max_sequence_length=model_spec.max_sequence_length, **common)
+    return pipe(**kwargs, generator=torch.Generator(device="cpu").manual_seed(config.seed))
 
 
 def bench_schedule(schedule: Schedule, config: BenchConfig, source: str = "") -> dict:
     """Run the pipeline under `schedule` and return ECAD's latency record (ms per image)."""
-    from ecad_ray.models.loading import load_pipeline, resolve_device, resolve_dtype
-    from ecad_ray.models.registry import resolve_model
-
     for option, value in (("--batch-size", config.batch_size), ("--repeats", config.repeats)):
         if value < 1:
             raise UserError(f"{option} {value}: must be a positive integer")
@@ -86,7 +82,7 @@ def bench_schedule(schedule: Schedule, config: BenchConfig, source: str = "") ->
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
-            _call(pipe, model_spec.family, schedule, model_spec, config, device)
+            _call(pipe, schedule, model_spec, config)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             timings.append((time.perf_counter() - start) * 1000 / config.batch_size)

@@ -6,8 +6,9 @@ Nothing of diffusers is copied or subclassed. Two kinds of hook are attached:
   (a counter driven by the calls themselves; reset when the pipeline's scheduler sets new
   timesteps, when the timestep goes up, or after the schedule's last step) and, for TGATE,
   drops the CFG half of the batch after the gate step;
-* a sub-layer hook on each cached module (PixArt `attn1`/`attn2`/`ff`, FLUX `attn`/`ff`/
-  `ff_context` and single-block `attn`/`proj_mlp`/`proj_out`). It replaces the module's
+* a sub-layer hook on each cached module, as the model family maps schedule components to
+  modules (`ModelFamily.sublayer_modules`: PixArt `attn1`/`attn2`/`ff`, FLUX `attn`/`ff`/
+  `ff_context` and single-block `proj_mlp`/`attn`/`proj_out`). It replaces the module's
   output by the cached one when the schedule says `false`. Because the hook sits on the
   sub-layer, what is cached is its output *before* the block applies its adaLN gate and
   residual add, which the block keeps computing every step, as ECAD defines.
@@ -27,18 +28,14 @@ import torch
 
 from ecad_ray.caching.liveness import plan_sublayer
 from ecad_ray.caching.schedule import Schedule
-from ecad_ray.caching.spec import SINGLE_PREFIX
 from ecad_ray.caching.validate import validate_schedule
 from ecad_ray.errors import UserError
+from ecad_ray.models.families import family_of_config
 
 SCHEDULE_STEP_HOOK = "ecad_schedule_step"  # the hook on the transformer's forward
 SUBLAYER_CACHE_HOOK = "ecad_sublayer_cache"  # the hook on each cached sub-layer's forward
 SCHEDULER_RESET_HOOK = "ecad_scheduler_reset"  # the hook on the pipeline scheduler's set_timesteps
 _HANDLE_ATTR = "_ecad_schedule_handle"
-
-PIXART_MODULES = {"attn1": "attn1", "attn2": "attn2", "ff": "ff"}
-FLUX_DOUBLE_MODULES = {"full_attn": "attn", "full_ff": "ff", "full_ff_context": "ff_context"}
-FLUX_SINGLE_MODULES = {"single_attn": "attn", "single_proj_mlp": "proj_mlp", "single_proj_out": "proj_out"}
 
 
 @dataclass(frozen=True)
@@ -417,23 +414,6 @@ class ScheduleCacheHandle:
         self.remove()
 
 
-def cached_modules(transformer) -> dict[tuple[str, str], torch.nn.Module]:
-    """(block key, component) -> the sub-layer module whose output the schedule caches."""
-    out: dict[tuple[str, str], torch.nn.Module] = {}
-    if hasattr(transformer, "single_transformer_blocks"):
-        for i, block in enumerate(transformer.transformer_blocks):
-            for comp, attr in FLUX_DOUBLE_MODULES.items():
-                out[(str(i), comp)] = getattr(block, attr)
-        for i, block in enumerate(transformer.single_transformer_blocks):
-            for comp, attr in FLUX_SINGLE_MODULES.items():
-                out[(f"{SINGLE_PREFIX}{i}", comp)] = getattr(block, attr)
-        return out
-    for i, block in enumerate(transformer.transformer_blocks):
-        for comp, attr in PIXART_MODULES.items():
-            out[(str(i), comp)] = getattr(block, attr)
-    return out
-
-
 def apply_schedule_cache(transformer, config: ScheduleCacheConfig, scheduler=None) -> ScheduleCacheHandle:
     """Attach the hooks of `config` to `transformer` (validated first); see module docstring.
 
@@ -447,9 +427,10 @@ def apply_schedule_cache(transformer, config: ScheduleCacheConfig, scheduler=Non
     validate_schedule(schedule, transformer, source=f"schedule {schedule.name}")
     state = _RunState(num_steps=schedule.num_inference_steps)
     tgate_blocks = schedule.tgate_blocks()
-    for (block, comp), module in cached_modules(transformer).items():
+    family = family_of_config(dict(transformer.config))
+    for (block, comp), module in family.sublayer_modules(transformer).items():
         hook = SubLayerCacheHook(state, block, comp, schedule, config.cache_dtype,
-                                 tgate=comp == "attn2" and block in tgate_blocks)
+                                 tgate=comp == family.cross_attention and block in tgate_blocks)
         hook.attach(module)
         state.sublayers.append(hook)
     step_hook = ScheduleStepHook(state, config)

@@ -23,9 +23,7 @@ from dataclasses import dataclass
 
 from ecad_ray.caching.schedule import Schedule
 from ecad_ray.caching.spec import TransformerSpec
-
-# sub-layer -> the sub-layer of the same block that is its only consumer
-CONSUMER = {"single_attn": "single_proj_out", "single_proj_mlp": "single_proj_out"}
+from ecad_ray.models.families import family_named
 
 
 def recompute_flags(schedule: Schedule, block: str, component: str) -> tuple[bool, ...]:
@@ -50,7 +48,7 @@ def plan_sublayer(schedule: Schedule, block: str, component: str) -> SubLayerPla
     """The compute / consume / keep flags of one sub-layer over the run."""
     compute = recompute_flags(schedule, block, component)
     n = len(compute)
-    consumer = CONSUMER.get(component)
+    consumer = family_named(schedule.family).consumer_of(component)
     consumed = recompute_flags(schedule, block, consumer) if consumer else (True,) * n
     keep = []
     for s in range(n):
@@ -64,20 +62,7 @@ def plan_sublayer(schedule: Schedule, block: str, component: str) -> SubLayerPla
 
 def output_elements(spec: TransformerSpec, component: str) -> int:
     """Elements of one sample's output of `component` (what a cache entry holds per sample)."""
-    d, n, t = spec.hidden, spec.image_tokens, spec.text_len
-    seq = n + t
-    sizes = {
-        "attn1": n * d,
-        "attn2": n * d,
-        "ff": n * d,
-        "full_attn": seq * d,  # image and text attention outputs
-        "full_ff": n * d,
-        "full_ff_context": t * d,
-        "single_attn": seq * d,
-        "single_proj_mlp": seq * spec.ff_mult * d,
-        "single_proj_out": seq * d,
-    }
-    return sizes[component]
+    return spec.model_family.output_elements(spec, component)
 
 
 @dataclass(frozen=True)

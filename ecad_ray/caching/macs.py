@@ -8,7 +8,9 @@ encoder and VAE excluded), no MACs for the attention score/value products
 FLUX.1-dev runs one). A reused sub-layer costs nothing (unless nothing is cached yet: a reuse
 before the first compute recomputes, as at step 0); timestep / text embeddings, the
 adaLN modulation linears and the output projection are paid every step. After a TGATE gate
-step the CFG batch is dropped, so those steps count half the samples.
+step the CFG batch is dropped, so those steps count half the samples. Which linears each
+sub-layer holds is the model family's to say (`ModelFamily.sublayer_macs`, `always_macs`);
+this module applies the schedule and ECAD's counting rules to those figures.
 
 Text length is where two conventions part (`CONVENTIONS`): ECAD counted every PixArt with
 PixArt-α's 120 T5 tokens, so its PixArt-Σ figures equal its α figures, although Σ runs 300
@@ -52,52 +54,17 @@ def conventions_differ(spec: TransformerSpec) -> bool:
 
 
 def component_macs(spec: TransformerSpec, attention_products: bool = False) -> dict[str, int]:
-    """MACs of one sample through each cacheable sub-layer of one block.
+    """MACs of one sample through each cacheable sub-layer of one block (the family's formulas).
 
     `attention_products` adds the score and value products (Q·Kᵀ, A·V) that ECAD's count
     leaves out; use it to predict run time rather than to compare with ECAD.
     """
-    d, n, t = spec.hidden, spec.image_tokens, spec.text_len
-    f = spec.ff_mult * d
-    if spec.family == "pixart":
-        return {
-            "attn1": 4 * n * d * d + (2 * n * n * d if attention_products else 0),  # q, k, v, out
-            "attn2": 2 * n * d * d + 2 * t * spec.cross_attention_dim * d  # q/out on image, k/v on text
-            + (2 * n * t * d if attention_products else 0),
-            "ff": 2 * n * d * f,
-        }
-    seq = n + t
-    products = 2 * seq * seq * d if attention_products else 0
-    return {
-        "full_attn": 4 * seq * d * d + products,  # q/k/v/out for image tokens and their text twins
-        "full_ff": 2 * n * d * f,
-        "full_ff_context": 2 * t * d * f,
-        "single_attn": 3 * seq * d * d + products,  # q, k, v (pre-only attention: no out projection)
-        "single_proj_mlp": seq * d * f,
-        "single_proj_out": seq * (d + f) * d,
-    }
+    return spec.model_family.sublayer_macs(spec, attention_products)
 
 
 def always_macs(spec: TransformerSpec) -> int:
-    """MACs of one sample per step outside the cacheable sub-layers."""
-    d, n, t = spec.hidden, spec.image_tokens, spec.text_len
-    p2 = spec.patch_size**2
-    if spec.family == "pixart":
-        timestep = 256 * d + d * d + d * 6 * d  # sinusoid MLP + adaLN-single modulation
-        caption = t * (spec.caption_channels * d + d * d)  # two-layer caption projection
-        patch = n * spec.in_channels * p2 * d
-        out = n * d * p2 * spec.out_channels
-        return timestep + caption + patch + out
-    embed = 256 * d + d * d  # timestep MLP
-    if spec.guidance_embeds:
-        embed += 256 * d + d * d
-    embed += spec.pooled_projection_dim * d + d * d  # pooled text MLP
-    context = t * spec.joint_attention_dim * d
-    x_in = n * spec.in_channels * d
-    modulation = spec.num_blocks * 2 * d * 6 * d + spec.num_single_blocks * d * 3 * d
-    norm_out = d * 2 * d
-    out = n * d * spec.out_channels
-    return embed + context + x_in + modulation + norm_out + out
+    """MACs of one sample per step outside the cacheable sub-layers (the family's formula)."""
+    return spec.model_family.always_macs(spec)
 
 
 @dataclass(frozen=True)
@@ -118,7 +85,7 @@ class MacReport:
 
 
 def _samples(spec: TransformerSpec, schedule: Schedule, step: int, cfg: bool) -> int:
-    gate = schedule.tgate_gate_step if spec.family == "pixart" else None
+    gate = schedule.tgate_gate_step if spec.model_family.supports_tgate else None
     if cfg and gate is not None and step >= gate:
         return max(1, spec.ecad_mac_batch // 2)
     return spec.ecad_mac_batch

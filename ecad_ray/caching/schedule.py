@@ -22,6 +22,7 @@ from typing import Any
 
 from ecad_ray.atomic import write_text_atomic
 from ecad_ray.errors import UserError
+from ecad_ray.models.families import family_of_schedule
 
 CUSTOM_PREFIX = "custom_compute"  # keys like `custom_compute_attn` hold a {name, kwargs} object
 TGATE = "compute_attn_tgate"
@@ -56,12 +57,8 @@ class Schedule:
     @property
     def family(self) -> str:
         """`flux` when blocks have FLUX component names or single blocks, else `pixart`."""
-        if self.num_single_blocks is not None:
-            return "flux"
-        for blocks in self.steps.values():
-            for entry in blocks.values():
-                return "flux" if any(c.startswith(("full_", "single_")) for c in entry) else "pixart"
-        return "pixart"
+        first = next((entry for blocks in self.steps.values() for entry in blocks.values()), {})
+        return family_of_schedule(self.num_single_blocks, first).name
 
     def entry(self, step: int, block: str) -> dict[str, Any]:
         """The raw entry of one block at one step (components and custom computes)."""

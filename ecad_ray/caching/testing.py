@@ -74,7 +74,7 @@ def random_schedule(spec: TransformerSpec, steps: int, p_recompute: float = 0.5,
         for s in range(steps)
     }
     return make_schedule(f"random_{seed}", bits, spec.num_blocks, steps,
-                         num_single_blocks=spec.num_single_blocks if spec.family == "flux" else None)
+                         num_single_blocks=spec.schedule_num_single_blocks)
 
 
 @torch.no_grad()

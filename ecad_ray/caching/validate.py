@@ -33,7 +33,7 @@ def schedule_problems(schedule: Schedule, spec: TransformerSpec) -> tuple[list[s
         return errors, warnings
     if schedule.num_blocks != spec.num_blocks:
         errors.append(f"cache_schedule.num_blocks: {schedule.num_blocks}, but the model has {spec.num_blocks} blocks")
-    if spec.family == "flux" and schedule.num_single_blocks != spec.num_single_blocks:
+    if schedule.num_single_blocks != spec.schedule_num_single_blocks:
         errors.append(
             f"cache_schedule.num_single_blocks: {schedule.num_single_blocks}, "
             f"but the model has {spec.num_single_blocks} single blocks"
@@ -79,7 +79,7 @@ def _custom_problems(where: str, key: str, value: dict, spec: TransformerSpec, n
     if name not in KNOWN_CUSTOM_COMPUTES:
         return [f'{where} "{key}": unknown custom compute "{name}" (known: {", ".join(KNOWN_CUSTOM_COMPUTES)})']
     if name == TGATE:
-        if spec.family != "pixart":
+        if not spec.model_family.supports_tgate:
             return [f'{where} "{key}": {TGATE} needs PixArt cross-attention']
         gate = (value.get("kwargs") or {}).get("gate_step")
         if not isinstance(gate, int) or isinstance(gate, bool) or not 1 <= gate <= n:
@@ -88,10 +88,9 @@ def _custom_problems(where: str, key: str, value: dict, spec: TransformerSpec, n
 
 
 def _range_text(spec: TransformerSpec) -> str:
-    text = f'"0".."{spec.num_blocks - 1}"'
-    if spec.num_single_blocks:
-        text += f', "single_0".."single_{spec.num_single_blocks - 1}"'
-    return text
+    """`"0".."27"`, and for FLUX `, "single_0".."single_37"`: the first and last of each block kind."""
+    blocks, n = spec.block_names, spec.num_blocks
+    return ", ".join(f'"{kind[0]}".."{kind[-1]}"' for kind in (blocks[:n], blocks[n:]) if kind)
 
 
 def validate_schedule(schedule: Schedule, target, source: str = "") -> list[str]:

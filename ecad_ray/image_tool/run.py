@@ -137,10 +137,8 @@ def _call_kwargs(pipe, options: ImageOptions, loaded, sampling) -> dict:
             raise UserError(f"--negative-prompt: {type(pipe).__name__} takes no negative prompt")
         kwargs["negative_prompt"] = options.negative_prompt
     if loaded.registry:  # as `ecad-ray generate` runs registry models (ECAD's settings)
-        if "max_sequence_length" in params:
-            kwargs["max_sequence_length"] = loaded.spec.max_sequence_length
-        if "clean_caption" in params:
-            kwargs["clean_caption"] = False
+        text = loaded.spec.model_family.prompt_kwargs(loaded.spec.max_sequence_length)
+        kwargs.update((k, v) for k, v in text.items() if k in params)
     if "use_resolution_binning" in params and _binning_unsupported(pipe):
         kwargs["use_resolution_binning"] = False
     return kwargs

@@ -15,15 +15,44 @@ from pathlib import Path
 
 import torch
 
+from ecad_ray.models.families import PIXART
+
 ASSETS = Path(__file__).with_name("demo_assets")
 CONFIG_PATH = ASSETS / "config.json"
 WEIGHTS_PATH = ASSETS / "weights.safetensors"
+FAMILY = PIXART  # the demo is a PixArt: its embeddings, calls, schedules and costs are PixArt's
+PIPELINE_CLASS = "PixArtAlphaPipeline"
 
 
 @lru_cache(maxsize=1)
 def demo_config() -> dict:
     """The shipped demo configuration (architecture sizes, vocabulary, sampling defaults)."""
     return json.loads(CONFIG_PATH.read_text())
+
+
+def vae_scale_factor(config: dict | None = None) -> int:
+    """Image pixels per latent pixel: the VAE halves the size at every block but the last."""
+    config = config or demo_config()
+    return 2 ** (len(config["vae"]["block_out_channels"]) - 1)
+
+
+def transformer_config(config: dict | None = None) -> dict:
+    """The demo's `PixArtTransformer2DModel` arguments (a diffusers transformer config)."""
+    config = config or demo_config()
+    t, v = config["transformer"], config["vae"]
+    return {
+        "sample_size": config["image_size"] // vae_scale_factor(config),
+        "num_layers": t["num_layers"],
+        "patch_size": t["patch_size"],
+        "attention_head_dim": t["attention_head_dim"],
+        "num_attention_heads": t["num_attention_heads"],
+        "caption_channels": config["text_encoder"]["d_model"],
+        "in_channels": v["latent_channels"],
+        "out_channels": v["latent_channels"],
+        "cross_attention_dim": t["num_attention_heads"] * t["attention_head_dim"],
+        "norm_type": "ada_norm_single",
+        "num_embeds_ada_norm": 1000,
+    }
 
 
 def build_tokenizer(config: dict | None = None):
@@ -63,22 +92,7 @@ def build_components(config: dict | None = None, weights: Path | None = WEIGHTS_
         mid_block_add_attention=v.get("mid_block_add_attention", True),
         scaling_factor=v.get("scaling_factor", 0.18215),
     )
-    t = config["transformer"]
-    latent_size = config["image_size"] // 2 ** (n_blocks - 1)
-    inner = t["num_attention_heads"] * t["attention_head_dim"]
-    transformer = PixArtTransformer2DModel(
-        sample_size=latent_size,
-        num_layers=t["num_layers"],
-        patch_size=t["patch_size"],
-        attention_head_dim=t["attention_head_dim"],
-        num_attention_heads=t["num_attention_heads"],
-        caption_channels=te["d_model"],
-        in_channels=v["latent_channels"],
-        out_channels=v["latent_channels"],
-        cross_attention_dim=inner,
-        norm_type="ada_norm_single",
-        num_embeds_ada_norm=1000,
-    )
+    transformer = PixArtTransformer2DModel(**transformer_config(config))
     scheduler = DPMSolverMultistepScheduler(**config["scheduler"])
     components = {
         "tokenizer": tokenizer,
@@ -143,9 +157,9 @@ def encode_captions(tokenizer, text_encoder, captions: list[str], max_length: in
 
 def build_pipeline(config: dict | None = None, weights: Path | None = WEIGHTS_PATH):
     """The demo as a `PixArtAlphaPipeline`."""
-    from diffusers import PixArtAlphaPipeline
+    import diffusers
 
-    return PixArtAlphaPipeline(**build_components(config, weights))
+    return getattr(diffusers, PIPELINE_CLASS)(**build_components(config, weights))
 
 
 @torch.no_grad()
@@ -165,16 +179,15 @@ def sample_images(pipe, captions: list[str], seed: int = 0, batch_size: int = 16
         chunk = captions[start:start + batch_size]
         gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
         images = pipe(
-            chunk,
-            num_inference_steps=steps or config["num_inference_steps"],
-            guidance_scale=config["guidance_scale"] if guidance_scale is None else guidance_scale,
-            height=config["image_size"],
-            width=config["image_size"],
-            use_resolution_binning=False,
-            max_sequence_length=config["max_sequence_length"],
+            **FAMILY.call_kwargs(  # captions not cleaned: training saw lower-cased, stripped ones
+                prompt=chunk,
+                steps=steps or config["num_inference_steps"],
+                guidance_scale=config["guidance_scale"] if guidance_scale is None else guidance_scale,
+                height=config["image_size"],
+                width=config["image_size"],
+                max_sequence_length=config["max_sequence_length"],
+            ),
             generator=gens,
-            output_type="np",
-            clean_caption=False,  # training saw lower-cased, stripped captions (the no-bs4 path)
         ).images
         out.append(np.clip(np.rint(images * 255), 0, 255).astype(np.uint8))
     return np.concatenate(out)

@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 
 from ecad_ray.errors import UserError
-from ecad_ray.models.registry import REGISTRY, ModelSpec, resolve_model
+from ecad_ray.models.registry import REGISTRY, ModelSpec, resolve_model, shipped_config, shipped_names
 
 Part = Literal["all", "text", "denoise"]
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -135,9 +135,7 @@ def _load_hub_pipeline(spec: ModelSpec, dtype: torch.dtype, part: Part):
     if part == "text":
         kwargs.update(transformer=None, vae=None)
     elif part == "denoise":
-        kwargs.update(text_encoder=None, tokenizer=None)
-        if spec.family == "flux":
-            kwargs.update(text_encoder_2=None, tokenizer_2=None)
+        kwargs.update(dict.fromkeys(spec.model_family.text_components))
     if (spec.transformer_source or spec.transformer_file) and part != "text":
         transformer = _load_transformer(spec, dtype)
         if transformer is not None:
@@ -153,14 +151,12 @@ def _load_hub_pipeline(spec: ModelSpec, dtype: torch.dtype, part: Part):
 
 def _load_transformer(spec: ModelSpec, dtype: torch.dtype):
     """The transformer from its own repo, or built from the shipped config and filled from a file."""
-    from diffusers import FluxTransformer2DModel, PixArtTransformer2DModel
+    import diffusers
 
-    cls = FluxTransformer2DModel if spec.family == "flux" else PixArtTransformer2DModel
+    if spec.transformer_file and spec.name not in shipped_names():
+        return None  # built by the pipeline from its own config, then filled (see caller)
+    cls = getattr(diffusers, spec.model_family.transformer_class)
     if spec.transformer_file:
-        from ecad_ray.caching.spec import shipped_config, shipped_names
-
-        if spec.name not in shipped_names():
-            return None  # built by the pipeline from its own config, then filled (see caller)
         config = {k: v for k, v in shipped_config(spec.name)["transformer"].items() if not k.startswith("_")}
         transformer = cls.from_config(config)
         load_transformer_file(transformer, spec)

@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from ecad_ray.errors import UserError
+from ecad_ray.models.families import FLUX, PIXART, ModelFamily, family_named, family_of_pipeline_class, folder_defaults
 
-FAMILIES = ("pixart", "flux", "diffusers")
+TRANSFORMER_CONFIG_DIR = Path(__file__).with_name("transformer_configs")
 
 
 @dataclass(frozen=True)
@@ -38,16 +41,21 @@ class ModelSpec:
     transformer_file: str | None = None  # transformer weights from one file (fine-tunes, ECAD's transformer_weights)
     notes: str = field(default="", compare=False)
 
+    @property
+    def model_family(self) -> ModelFamily:
+        """The family object that answers everything family-specific about this model."""
+        return family_named(self.family)
+
 
 def _demo_spec() -> ModelSpec:
-    from ecad_ray.models.demo import demo_config
+    from ecad_ray.models import demo  # imports torch: only when the demo is asked for
 
-    cfg = demo_config()
+    cfg = demo.demo_config()
     return ModelSpec(
         name="demo",
-        family="pixart",
+        family=demo.FAMILY.name,
         pipeline_source="builtin:demo",
-        pipeline_class="PixArtAlphaPipeline",
+        pipeline_class=demo.PIPELINE_CLASS,
         height=cfg["image_size"],
         width=cfg["image_size"],
         steps=cfg["num_inference_steps"],
@@ -61,7 +69,7 @@ def _demo_spec() -> ModelSpec:
 REGISTRY: dict[str, ModelSpec] = {
     "pixart-alpha-256": ModelSpec(
         name="pixart-alpha-256",
-        family="pixart",
+        family=PIXART.name,
         pipeline_source="PixArt-alpha/PixArt-XL-2-1024-MS",
         transformer_source="PixArt-alpha/PixArt-XL-2-256x256",
         pipeline_class="PixArtAlphaPipeline",
@@ -70,7 +78,7 @@ REGISTRY: dict[str, ModelSpec] = {
     ),
     "pixart-sigma-256": ModelSpec(
         name="pixart-sigma-256",
-        family="pixart",
+        family=PIXART.name,
         pipeline_source="PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",
         transformer_source="PixArt-alpha/PixArt-Sigma-XL-2-256x256",
         pipeline_class="PixArtSigmaPipeline",
@@ -80,7 +88,7 @@ REGISTRY: dict[str, ModelSpec] = {
     ),
     "flux-dev": ModelSpec(
         name="flux-dev",
-        family="flux",
+        family=FLUX.name,
         pipeline_source="black-forest-labs/FLUX.1-dev",
         pipeline_class="FluxPipeline",
         guidance_scale=5.0,
@@ -91,11 +99,6 @@ REGISTRY: dict[str, ModelSpec] = {
 }
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_FAMILY_BY_CLASS = {
-    "PixArtAlphaPipeline": "pixart",
-    "PixArtSigmaPipeline": "pixart",
-    "FluxPipeline": "flux",
-}
 
 
 def registry_names() -> list[str]:
@@ -134,7 +137,7 @@ def resolve_model(name: str) -> ModelSpec:
             )
         return ModelSpec(
             name=str(path),
-            family=_FAMILY_BY_CLASS.get(cls, "diffusers"),
+            family=family_of_pipeline_class(cls).name,
             pipeline_source=str(path.resolve()),
             pipeline_class=cls,
             **_folder_defaults(path, cls),
@@ -142,7 +145,7 @@ def resolve_model(name: str) -> ModelSpec:
     if _HUB_ID.match(name):
         cls = _cached_pipeline_class(name)
         return ModelSpec(
-            name=name, family=_FAMILY_BY_CLASS.get(cls or "", "diffusers"), pipeline_source=name, pipeline_class=cls
+            name=name, family=family_of_pipeline_class(cls).name, pipeline_source=name, pipeline_class=cls
         )
     raise UserError(
         f"--model {name}: unknown model; use one of {', '.join(registry_names())}, "
@@ -161,17 +164,25 @@ def _cached_pipeline_class(repo_id: str) -> str | None:
 
 
 def _folder_defaults(path: Path, cls: str) -> dict:
-    """Size defaults for a local PixArt/FLUX folder, read from its transformer and VAE configs."""
-    out: dict = {}
+    """Defaults for a local PixArt/FLUX folder, read from its transformer and VAE configs."""
     try:
         tcfg = json.loads((path / "transformer" / "config.json").read_text())
         vcfg = json.loads((path / "vae" / "config.json").read_text())
     except (OSError, json.JSONDecodeError):
-        return out
+        return {}
     scale = 2 ** (len(vcfg.get("block_out_channels", [0, 0, 0, 0])) - 1)
-    if "sample_size" in tcfg and cls.startswith("PixArt"):
-        out["height"] = out["width"] = int(tcfg["sample_size"]) * scale
-    if cls == "FluxPipeline":
-        out["guidance_scale"] = 3.5
-        out["max_sequence_length"] = 512
-    return out
+    return folder_defaults(cls, tcfg, scale)
+
+
+def shipped_names() -> list[str]:
+    """Registry models whose transformer config ships with the package (`pixart-alpha-256`, ...)."""
+    return sorted(p.stem for p in TRANSFORMER_CONFIG_DIR.glob("*.json"))
+
+
+@lru_cache(maxsize=None)
+def shipped_config(name: str) -> dict[str, Any]:
+    """The raw shipped JSON of a registry model (transformer config plus ECAD's sampling setting)."""
+    path = TRANSFORMER_CONFIG_DIR / f"{name}.json"
+    if not path.is_file():
+        raise UserError(f"--model {name}: no shipped transformer config; known: {', '.join(shipped_names())}")
+    return json.loads(path.read_text())
