@@ -27,7 +27,7 @@ from actors.writer import ImageWriter
 from actors.metrics import MetricsStage
 from ecad_ray.config import GenerateConfig
 from ecad_ray.embeddings import EmbeddingStore
-from ecad_ray.errors import UserError, user_error_in
+from ecad_ray.errors import UserError, one_line, user_error_in
 from ecad_ray.run import RunPlan, device_description, finish_run, plan_run, run_lock, start_run, write_error_log
 
 
@@ -52,8 +52,25 @@ def ray_session(address: str | None, num_cpus: int):
         yield
         return
     address = address or os.environ.get("RAY_ADDRESS")  # set for a Ray Job's driver: join its cluster
-    with contextlib.nullcontext() if address else loopback_only(), _ray_started(address, num_cpus):
+    on_loopback = not address or _is_loopback(address)
+    with loopback_only() if on_loopback else contextlib.nullcontext(), _ray_started(address, num_cpus):
         yield
+
+
+def _is_loopback(address: str) -> bool:
+    """True for `127.0.0.1:6379`, `localhost:6379`, `[::1]:6379`: a cluster on this machine only.
+
+    A driver joining one must keep cluster mode off too, or Ray rewrites 127.0.0.1 to the
+    machine's network address, where a loopback-bound cluster does not listen."""
+    import ipaddress
+
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 CLUSTER_MODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -100,7 +117,14 @@ def _ray_started(address: str | None, num_cpus: int):
     preload = threading.Thread(target=importlib.import_module, args=("ray.data",), daemon=True)
     preload.start()
     if address:
-        ray.init(address=address, **kwargs)
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError) as err:
+            raise UserError(
+                f"--address {address}: could not join the Ray cluster ({one_line(err)}); check that it is "
+                "running, and if it uses token auth that RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN, "
+                "or ~/.ray/auth_token) are set here"
+            ) from err
     else:
         # "local": a Ray of our own even when `ray start` left one running (or a stale address
         # file) on this machine; plain ray.init() would try to join that and fail
@@ -253,7 +277,7 @@ def _add_model_stages(ds, plan: RunPlan, device: str, gpu: bool):
                      dtype=cfg.dtype, schedule_path=cfg.schedule, threads=threads)
     pool = dict(
         batch_size=cfg.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
+        compute=_generation_pool(cfg),
         num_cpus=1 if gpu else threads,
         num_gpus=0.8 if gpu else 0,
     )
@@ -271,6 +295,18 @@ def _add_model_stages(ds, plan: RunPlan, device: str, gpu: bool):
             num_gpus=0.1 if gpu else 0,  # 0.1 encoder + 0.8 generator + 0.1 metrics fit one GPU
         )
     return ds.map_batches(GeneratorStage, fn_constructor_kwargs=generator, **pool)
+
+
+def _generation_pool(cfg: GenerateConfig):
+    """A fixed pool of --num-workers actors, or with --min-workers below it an autoscaling one:
+    Ray Data starts --min-workers and adds actors (up to --num-workers) while batches queue up
+    and the cluster has room, e.g. when a node joins mid-run."""
+    import ray
+
+    low, high = cfg.pool_size()
+    if low == high:
+        return ray.data.ActorPoolStrategy(size=high)
+    return ray.data.ActorPoolStrategy(min_size=low, max_size=high)
 
 
 def run_benchmark(base: GenerateConfig, schedule_dir: str, progress=None) -> list[RunSummary]:

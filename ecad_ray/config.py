@@ -34,7 +34,8 @@ class GenerateConfig:
     schedule: str | None = None  # ECAD caching schedule file
     transformer_weights: str | None = None  # transformer weights file replacing the model's own
     input_embeddings: str | None = None  # reuse this embeddings store instead of encoding
-    num_workers: int = 1  # generation actors (one GPU each when GPUs exist)
+    num_workers: int = 1  # generation actors (one GPU each when GPUs exist); the pool's maximum
+    min_workers: int | None = None  # the pool's minimum (autoscaling in between); None: num_workers (fixed pool)
     threads_per_worker: int = 1  # torch threads per actor on CPU
     address: str | None = None  # Ray cluster to join ("auto" or HOST:PORT); None starts a local one
     device: str = "auto"
@@ -57,6 +58,9 @@ class GenerateConfig:
         ):
             if value is not None and value <= 0:
                 raise UserError(f"{option} {value}: must be a positive integer")
+        if self.min_workers is not None and not 1 <= self.min_workers <= self.num_workers:
+            raise UserError(
+                f"--min-workers {self.min_workers}: must be between 1 and --num-workers ({self.num_workers})")
         if self.guidance_scale is not None and self.guidance_scale < 0:
             raise UserError(f"--guidance-scale {self.guidance_scale}: must be >= 0")
         if self.seed_step == 0 and self.num_images_per_prompt > 1:
@@ -65,6 +69,10 @@ class GenerateConfig:
             raise UserError("--prompt and --prompt-file: give one or the other, not both")
         if not self.prompts and not self.prompt_file and not self.input_embeddings:
             raise UserError("no prompts: give --prompt, --prompt-file or --input-embeddings")
+
+    def pool_size(self) -> tuple[int, int]:
+        """(min, max) generation actors: the pool autoscales in between as the cluster allows."""
+        return (self.num_workers if self.min_workers is None else self.min_workers), self.num_workers
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict (for run.json)."""
@@ -109,11 +117,10 @@ class ImageSettings:
 def size_multiple(spec: ModelSpec) -> int:
     """The pixel multiple a model's height and width must be (VAE factor × transformer patch)."""
     if spec.builtin:
-        from ecad_ray.models.demo import demo_config
+        from ecad_ray.models.demo import demo_config, vae_scale_factor
 
-        cfg = demo_config()
-        return 2 ** (len(cfg["vae"]["block_out_channels"]) - 1) * cfg["transformer"]["patch_size"]
-    return 16 if spec.family in ("pixart", "flux") else 8
+        return vae_scale_factor() * demo_config()["transformer"]["patch_size"]
+    return spec.model_family.size_multiple
 
 
 def load_config_file(path: str | Path) -> dict:

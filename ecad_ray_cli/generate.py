@@ -42,7 +42,10 @@ def generate(
     input_embeddings: Annotated[
         Optional[Path], typer.Option(help="Reuse this embeddings store instead of encoding prompts.")
     ] = None,
-    num_workers: Annotated[int, typer.Option(help="Generation actors (one GPU each when GPUs exist).")] = 1,
+    num_workers: Annotated[int, typer.Option(help="Generation actors (one GPU each when GPUs exist); with --min-workers, the most.")] = 1,
+    min_workers: Annotated[
+        Optional[int], typer.Option(help="Fewest generation actors: the pool starts with this many and grows to --num-workers while the cluster has room (default: --num-workers, a fixed pool).")
+    ] = None,
     threads_per_worker: Annotated[int, typer.Option(help="Torch threads per actor on CPU.")] = 1,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster to join: 'auto' or HOST:PORT (default: start a local Ray).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -79,6 +82,7 @@ def generate(
         transformer_weights=str(transformer_weights) if transformer_weights else None,
         input_embeddings=str(input_embeddings) if input_embeddings else None,
         num_workers=num_workers,
+        min_workers=min_workers,
         threads_per_worker=threads_per_worker,
         address=address,
         device=device,

@@ -221,14 +221,15 @@ def test_cli_passes_every_option_to_the_config(monkeypatch):
         "ecad-ray", "generate", "--prompt", "a", "--prompt", "b", "--model", "flux-dev", "--output-dir", "o",
         "--num-images-per-prompt", "3", "--batch-size", "5", "--height", "512", "--width", "256", "--steps", "8",
         "--guidance-scale", "2.5", "--negative-prompt", "blurry", "--start-seed", "7", "--seed-step", "2",
-        "--num-workers", "4", "--address", "auto", "--device", "cuda", "--dtype", "bf16", "--overwrite",
+        "--num-workers", "4", "--min-workers", "2", "--address", "auto", "--device", "cuda", "--dtype", "bf16",
+        "--overwrite",
     ])
     with pytest.raises(SystemExit):
         main()
     assert seen["cfg"] == GenerateConfig(
         model="flux-dev", output_dir="o", prompts=("a", "b"), num_images_per_prompt=3, batch_size=5, height=512,
         width=256, steps=8, guidance_scale=2.5, negative_prompt="blurry", start_seed=7, seed_step=2, num_workers=4,
-        address="auto", device="cuda", dtype="bf16", overwrite=True,
+        min_workers=2, address="auto", device="cuda", dtype="bf16", overwrite=True,
     )
 
 
@@ -379,3 +380,29 @@ def test_ray_session_starts_its_own_ray_unless_given_an_address(monkeypatch):
         pass
     assert [c["address"] for c in calls] == ["local", "auto", "10.0.0.1:6379"]
     assert calls[0]["num_cpus"] == 3 and "num_cpus" not in calls[1] and "num_cpus" not in calls[2]
+
+
+def test_joining_a_cluster_that_refuses_is_one_line(monkeypatch):
+    """A cluster that is down, or wants a token this driver lacks: one line naming --address."""
+    import ray
+
+    from actors.plan import ray_session
+
+    def refuse(**kw):
+        raise ConnectionError("Could not find any running Ray instance")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(UserError, match=r"^--address 10\.0\.0\.9:6379: could not join the Ray cluster \(ConnectionError: "
+                                        r"Could not find any running Ray instance\); .*RAY_AUTH_MODE=token"):
+        with ray_session("10.0.0.9:6379", 2):
+            pass
+
+
+@pytest.mark.parametrize("address, loopback", [("127.0.0.1:6379", True), ("localhost:1", True), ("[::1]:6379", True),
+                                               ("ray://127.0.0.1:10001", True), ("10.0.0.1:6379", False),
+                                               ("auto", False), ("head.example:6379", False)])
+def test_a_loopback_address_is_joined_with_cluster_mode_off(address, loopback):
+    from actors.plan import _is_loopback
+
+    assert _is_loopback(address) is loopback
