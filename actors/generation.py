@@ -13,6 +13,7 @@ from actors.stage import Stage
 from ecad_ray.config import ImageSettings
 from ecad_ray.embeddings import EmbeddingRef, EmbeddingStore, ShardReader
 from ecad_ray.engine import ImageGenerator, TextEncoder
+from ecad_ray.caching.schedule import Schedule
 from ecad_ray.models.registry import ModelSpec
 
 
@@ -73,6 +74,13 @@ class TextEncoderStage(Stage):
         return batch
 
 
+CACHE_COLUMNS = {
+    "cache_computed": "sub-layer calls the cache let run, this row's share of its batch (int; sums are exact)",
+    "cache_reused": "sub-layer calls served from the cache, this row's share of its batch (int; sums are exact)",
+    "cache_peak_bytes": "most bytes this worker's cache held so far (int; 0 uncached)",
+}
+
+
 class GeneratorStage(Stage):
     """Denoise one image per row from its stored embeddings and seed (the GPU-resident model)."""
 
@@ -82,7 +90,7 @@ class GeneratorStage(Stage):
         "row": "row inside the shard",
         "seed": "the image's seed: its starting noise depends on it alone",
     }
-    produces = {"image": "uint8 array (H, W, 3)", "seconds": "generation seconds per image"}
+    produces = {"image": "uint8 array (H, W, 3)", "seconds": "generation seconds per image", **CACHE_COLUMNS}
 
     def __init__(
         self,
@@ -91,11 +99,13 @@ class GeneratorStage(Stage):
         store_root: str,
         device: str = "auto",
         dtype: str = "auto",
-        schedule_path: str | None = None,
+        schedule: Schedule | None = None,
+        schedule_source: str = "",
         threads: int = 1,
     ):
+        """`schedule`: the run's caching schedule as the driver parsed it (None: uncached)."""
         torch.set_num_threads(threads)
-        self.generator = ImageGenerator(spec, ImageSettings(**settings), device, dtype, schedule_path)
+        self.generator = ImageGenerator(spec, ImageSettings(**settings), device, dtype, schedule, schedule_source)
         self.reader = ShardReader(store_root)
         self.batches_done = 0
 
@@ -107,12 +117,31 @@ class GeneratorStage(Stage):
         refs = [EmbeddingRef(str(s), int(r)) for s, r in zip(batch["shard"], batch["row"])]
         embeddings = self.reader.gather(refs)
         seeds = [int(s) for s in batch["seed"]]
-        self.generator.warm_up(embeddings, seeds)  # untimed, first batch only
+        self.generator.warm_up(embeddings, seeds)  # untimed, first batch only (the cache goes on here)
+        before = self._cache_counts()
         start = time.perf_counter()
         images = self.generator(embeddings, seeds)
         batch["image"] = images
         batch["seconds"] = np.full(n, (time.perf_counter() - start) / n)
+        after = self._cache_counts()
+        batch["cache_computed"] = _spread(after[0] - before[0], n)
+        batch["cache_reused"] = _spread(after[1] - before[1], n)
+        batch["cache_peak_bytes"] = np.full(n, after[2], dtype=np.int64)
         return batch
+
+    def _cache_counts(self) -> tuple[int, int, int]:
+        """(computed, reused, peak bytes) of this worker's cache so far; zeros when uncached."""
+        cache = self.generator.cache
+        if cache is None:
+            return 0, 0, 0
+        return cache.stats.computed, cache.stats.reused, cache.stats.peak_bytes
+
+
+def _spread(total: int, n: int) -> np.ndarray:
+    """`total` split over `n` rows as integers that sum to it (a batch's count, per row)."""
+    out = np.full(n, total // n, dtype=np.int64)
+    out[: total % n] += 1
+    return out
 
 
 STREAM_TEST_GATE_ENV = "ECAD_RAY_TEST_STREAM_GATE"

@@ -1,8 +1,9 @@
-"""The Ray Data plan of `generate`, and the Ray session it runs in.
+"""The plan of `generate` (and `benchmark`), and the Ray session plans run in.
 
-    job rows ─map_batches(TextEncoderStage)─▶ embeddings store (shards written by the stage)
-             ─map_batches(GeneratorStage, actor pool)─▶ [MetricsStage] ─▶ driver: ImageWriter
+    generate_stages(plan) = [StageSpec(TextEncoderStage), StageSpec(GeneratorStage, pool), [StageSpec(MetricsStage)]]
+    job rows ─run_stages─▶ ... ─▶ driver: ImageWriter
 
+The plan is data (`actors.pipeline`): a list of stage specs that `run_stages` checks and runs.
 With a single generation worker the two model stages share one actor
 (`EncodeThenGenerateStage`). Rows are small (ids, seeds, shard references); pixels only
 travel from the generator to the driver, and Ray Data's streaming executor bounds how many
@@ -15,16 +16,25 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-import math
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from actors.generation import EncodeThenGenerateStage, GeneratorStage, TextEncoderStage
-from actors.writer import ImageWriter
 from actors.metrics import MetricsStage
+from actors.pipeline import (  # noqa: F401  (quiet_ray_data, VERBOSE_ENV: part of this module's API)
+    VERBOSE_ENV,
+    StageSpec,
+    actor_pool,
+    check_plan,
+    quiet_ray_data,
+    ray_log_level,
+    run_stages,
+)
+from actors.writer import ImageWriter
 from ecad_ray.config import GenerateConfig
 from ecad_ray.embeddings import EmbeddingStore
 from ecad_ray.errors import UserError, one_line, user_error_in
@@ -112,7 +122,7 @@ def _ray_started(address: str | None, num_cpus: int):
     # Ray Data's actors always log a C++ "constructor arguments in the object store" notice;
     # RAY_BACKEND_LOG_LEVEL=info brings backend logs back when debugging a cluster.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-    kwargs = dict(include_dashboard=False, logging_level=_ray_log_level(logging.WARNING), log_to_driver=False)
+    kwargs = dict(include_dashboard=False, logging_level=ray_log_level(logging.WARNING), log_to_driver=False)
     # ray.init mostly waits on the processes it starts; import Ray Data (~1.4 s) meanwhile.
     preload = threading.Thread(target=importlib.import_module, args=("ray.data",), daemon=True)
     preload.start()
@@ -151,14 +161,6 @@ def reported_failures(output_dir: str | Path):
         raise UserError(f"{found} (full traceback: {log})") from err
 
 
-VERBOSE_ENV = "ECAD_RAY_VERBOSE"  # set by `ecad-ray --verbose`
-
-
-def _ray_log_level(verbose_level: int) -> int:
-    """Ray's own warnings and errors stay out of the terminal unless `ecad-ray --verbose`."""
-    return verbose_level if os.environ.get(VERBOSE_ENV) else logging.CRITICAL
-
-
 def local_cpus(config: GenerateConfig) -> int:
     """CPUs for a local Ray: the generation actors' threads, plus one for the encoder (or metrics)."""
     return config.num_workers * config.threads_per_worker + 1
@@ -173,22 +175,27 @@ def _gpus_available() -> bool:
 def run_generate(config: GenerateConfig, progress=None) -> RunSummary:
     """Check the config, then stream every missing image through the Ray Data plan."""
     started = time.time()
-    plan_run(config)  # every check first: bad input writes nothing, not even the run folder
+    checked = plan_run(config)  # every check first: bad input writes nothing, not even the run folder
     if config.metrics:
         MetricsStage.validate(config.metrics, config.reference)  # fail before Ray starts
     with run_lock(config.output_dir):
-        return _run_locked(plan_run(config), started, progress)  # re-planned: what is on disk now
+        # re-planned: what is on disk now; the schedule parsed above is the one that travels
+        return _run_locked(plan_run(config, checked.schedule), started, progress)
 
 
 def _run_locked(plan: RunPlan, started: float, progress) -> RunSummary:
     """The run itself, while this process alone holds the run folder."""
     config = plan.config
+    # the plan's stages and columns do not depend on the cluster: check them before Ray starts
+    check_plan(plan.jobs[0] if plan.jobs else (), generate_stages(plan, gpu=False))
     extra = {"device": device_description(config.device)}
     start_run(plan, extra)
     writer = ImageWriter(str(plan.output_dir), asdict(plan.settings))
+    cache = CacheTotals()
 
     def written_batches():
         for batch in map(writer, stream_plan(plan)):
+            cache.add(batch)
             if progress:
                 progress(len(writer.records), len(plan.jobs))
             yield batch
@@ -201,8 +208,27 @@ def _run_locked(plan: RunPlan, started: float, progress) -> RunSummary:
                 for _ in written_batches():
                     pass
         EmbeddingStore(plan.store_root).save_index()
+    extra["cache"] = asdict(cache) if plan.schedule is not None else None
     results = finish_run(plan, writer.records, started, extra)
     return RunSummary(str(plan.output_dir), len(writer.records), len(plan.kept), time.time() - started, str(results))
+
+
+@dataclass
+class CacheTotals:
+    """What the caching schedule did over a run (run.json's `cache`), summed from the generator's
+    per-row cache columns: sub-layer calls computed and served from the cache (over every
+    worker), and the most bytes one worker's cache held at once."""
+
+    computed: int = 0
+    reused: int = 0
+    peak_bytes: int = 0
+
+    def add(self, batch: dict) -> None:
+        if "cache_computed" not in batch:
+            return
+        self.computed += int(batch["cache_computed"].sum())
+        self.reused += int(batch["cache_reused"].sum())
+        self.peak_bytes = max(self.peak_bytes, int(batch["cache_peak_bytes"].max(initial=0)))
 
 
 def _write_metric_tables(plan: RunPlan, batches) -> list[str]:
@@ -221,92 +247,64 @@ def _write_metric_tables(plan: RunPlan, batches) -> list[str]:
     return [str(metrics_path), str(summary_path)]
 
 
-def quiet_ray_data() -> None:
-    """No Ray Data progress bars or execution banners: the run draws its own progress bar; and a
-    stage's own exception (the `StageError` naming stage and item) reaches the driver as the
-    cause, not replaced by Ray Data's generic "UDF failed to process a data block"."""
-    import ray
+def generate_stages(plan: RunPlan, gpu: bool) -> list[StageSpec]:
+    """The `generate` plan as data: encode, generate, [metrics], or with one worker and prompts
+    still to embed the fused encode+generate stage (see `EncodeThenGenerateStage`).
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    ctx.raise_original_map_exception = True
-    # after Ray Data configured its logging; a failure reaches the user as one line anyway, its
-    # traceback in the run's logs/error.log
-    logging.getLogger("ray.data").setLevel(_ray_log_level(logging.INFO))
-
-
-def stream_plan(plan: RunPlan):
-    """Yield the generated batches (images, result columns, metric columns when asked) as the plan makes them."""
-    import ray
-
-    cfg = plan.config
-    quiet_ray_data()
-    gpu = _gpus_available() and cfg.device != "cpu"
-    device = cfg.device if cfg.device != "auto" else ("cuda" if gpu else "cpu")
-
-    # one block per generation batch, so every worker of the pool gets work
-    ds = ray.data.from_items(plan.jobs, override_num_blocks=max(1, math.ceil(len(plan.jobs) / cfg.batch_size)))
-    ds = _add_model_stages(ds, plan, device, gpu)
-    if cfg.metrics:
-        ds = ds.map_batches(
-            MetricsStage,
-            fn_constructor_kwargs=dict(config=replace(cfg.metrics, device=device), reference_dir=cfg.reference),
-            batch_size=cfg.batch_size,
-            compute=ray.data.ActorPoolStrategy(size=1),
-            num_cpus=0 if gpu else 0.25,
-            num_gpus=0 if not gpu else 0.1,
-        )
-    # prefetch_batches=0: with Ray Data's default of 1 the driver got each batch only once the
-    # next one was written, adding a whole batch of compute to the first image's latency.
-    yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
-
-
-def _add_model_stages(ds, plan: RunPlan, device: str, gpu: bool):
-    """Text encoding (skipped when every prompt is already in the store), then generation.
-
-    One worker: both in one actor (`EncodeThenGenerateStage`). Several: one shared encoder
-    actor feeding the generator pool, so the text encoder is loaded once.
+    Text encoding is left out when every prompt is already in the store. Several workers share
+    one encoder actor feeding the generator pool, so the text encoder is loaded once. Which
+    stages run depends on the run alone; their resources and device also on `gpu` (the cluster
+    has GPUs and the run may use them).
     """
-    import ray
-
     cfg = plan.config
+    device = cfg.device if cfg.device != "auto" else ("cuda" if gpu else "cpu")
+    resources = stage_resources(cfg, gpu)
     threads = cfg.threads_per_worker
     encoder = dict(spec=plan.spec, store_root=str(plan.store_root), device=device, dtype=cfg.dtype, threads=threads)
     generator = dict(spec=plan.spec, settings=asdict(plan.settings), store_root=str(plan.store_root), device=device,
-                     dtype=cfg.dtype, schedule_path=cfg.schedule, threads=threads)
-    pool = dict(
-        batch_size=cfg.batch_size,
-        compute=_generation_pool(cfg),
-        num_cpus=1 if gpu else threads,
-        num_gpus=0.8 if gpu else 0,
-    )
+                     dtype=cfg.dtype, schedule=plan.schedule, schedule_source=cfg.schedule or "", threads=threads)
+    pool = cfg.pool_size()
     needs_encoding = any(not job["shard"] for job in plan.jobs)
     if needs_encoding and cfg.num_workers == 1:
-        return ds.map_batches(EncodeThenGenerateStage, fn_constructor_kwargs=dict(encoder=encoder, generator=generator),
-                              **pool)
-    if needs_encoding:
-        ds = ds.map_batches(
-            TextEncoderStage,
-            fn_constructor_kwargs=encoder,
-            batch_size=cfg.batch_size,  # keeps one block per generation batch for the pool
-            compute=ray.data.ActorPoolStrategy(size=1),
-            num_cpus=0 if gpu else 0.5,
-            num_gpus=0.1 if gpu else 0,  # 0.1 encoder + 0.8 generator + 0.1 metrics fit one GPU
-        )
-    return ds.map_batches(GeneratorStage, fn_constructor_kwargs=generator, **pool)
+        stages = [StageSpec(EncodeThenGenerateStage, dict(encoder=encoder, generator=generator), cfg.batch_size,
+                            **resources["generate"], pool=pool)]
+    else:
+        # the encoder's batch size keeps one block per generation batch for the pool
+        stages = [StageSpec(TextEncoderStage, encoder, cfg.batch_size, **resources["encode"])] if needs_encoding else []
+        stages.append(StageSpec(GeneratorStage, generator, cfg.batch_size, **resources["generate"], pool=pool))
+    if cfg.metrics:
+        metrics = dict(config=replace(cfg.metrics, device=device), reference_dir=cfg.reference)
+        stages.append(StageSpec(MetricsStage, metrics, cfg.batch_size, **resources["metrics"]))
+    return stages
+
+
+def stage_resources(cfg: GenerateConfig, gpu: bool) -> dict[str, dict[str, float]]:
+    """What one actor of each `generate` stage asks Ray for: the one place these numbers live.
+
+    On a GPU, 0.1 encoder + 0.8 generator + 0.1 metrics fit one GPU, and a generator needs one
+    CPU to feed it. On CPUs, a generator gets its --threads-per-worker; the encoder and the
+    metrics actor take a share of the one extra CPU a local Ray has (`local_cpus`).
+    """
+    if gpu:
+        return {"encode": dict(num_cpus=0, num_gpus=0.1), "generate": dict(num_cpus=1, num_gpus=0.8),
+                "metrics": dict(num_cpus=0, num_gpus=0.1)}
+    return {"encode": dict(num_cpus=0.5, num_gpus=0), "generate": dict(num_cpus=cfg.threads_per_worker, num_gpus=0),
+            "metrics": dict(num_cpus=0.25, num_gpus=0)}
+
+
+def stream_plan(plan: RunPlan) -> Iterator[dict]:
+    """Yield the generated batches (images, result columns, metric columns when asked) as the plan makes them.
+
+    Ray must be running: the stages' resources and device follow the cluster's GPUs."""
+    gpu = _gpus_available() and plan.config.device != "cpu"
+    # one block per generation batch, so every worker of the pool gets work
+    return run_stages(plan.jobs, generate_stages(plan, gpu), rows_per_block=plan.config.batch_size)
 
 
 def _generation_pool(cfg: GenerateConfig):
-    """A fixed pool of --num-workers actors, or with --min-workers below it an autoscaling one:
-    Ray Data starts --min-workers and adds actors (up to --num-workers) while batches queue up
-    and the cluster has room, e.g. when a node joins mid-run."""
-    import ray
-
-    low, high = cfg.pool_size()
-    if low == high:
-        return ray.data.ActorPoolStrategy(size=high)
-    return ray.data.ActorPoolStrategy(min_size=low, max_size=high)
+    """The Ray Data strategy of the generation pool: --num-workers actors, or with --min-workers
+    below it an autoscaling pool between the two (`actor_pool`)."""
+    return actor_pool(cfg.pool_size())
 
 
 def run_benchmark(base: GenerateConfig, schedule_dir: str, progress=None) -> list[RunSummary]:

@@ -10,6 +10,7 @@ position in a batch.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +20,9 @@ from ecad_ray.config import ImageSettings
 from ecad_ray.models.families import ModelFamily, generation_family
 from ecad_ray.models.loading import load_pipeline, resolve_device, resolve_dtype
 from ecad_ray.models.registry import ModelSpec
+
+if TYPE_CHECKING:
+    from ecad_ray.caching.schedule import Schedule
 
 
 class TextEncoder:
@@ -52,22 +56,26 @@ class ImageGenerator:
         settings: ImageSettings,
         device: str = "auto",
         dtype: str = "auto",
-        schedule_path: str | None = None,
+        schedule: Schedule | None = None,
+        schedule_source: str = "",
     ):
+        """`schedule`: the run's caching schedule, parsed once by the driver (None: uncached);
+        `schedule_source` names it (its file) in a validation error."""
         self.spec = spec
         self.settings = settings
         self.family = generation_family(spec.family)
         self.device = resolve_device(device)
         self.pipe = load_pipeline(spec, self.device, resolve_dtype(dtype, spec, self.device), part="denoise")
         pad_small_linears(self.pipe.transformer)  # pixels must not depend on the batch
-        self.schedule = None
+        self.schedule = schedule
         self.cache = None
         self.warmed_up = False
-        if schedule_path:
-            from ecad_ray.caching import load_schedule, validate_schedule
+        if schedule is not None:
+            from ecad_ray.caching import validate_schedule
 
-            self.schedule = load_schedule(schedule_path)
-            validate_schedule(self.schedule, self.pipe.transformer, source=schedule_path)
+            # the driver checked it against the model's known config; this checks the loaded
+            # transformer (the only check for a hub model without a shipped config)
+            validate_schedule(schedule, self.pipe.transformer, source=schedule_source or f"schedule {schedule.name}")
 
     def __call__(self, embeddings: dict[str, torch.Tensor], seeds: list[int]) -> np.ndarray:
         """uint8 images (N, H, W, 3), one per seed, for the N rows of `embeddings`."""

@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ecad_ray.atomic import write_text_atomic
 from ecad_ray.config import GenerateConfig, ImageSettings
@@ -26,6 +27,9 @@ from ecad_ray.models.loading import fetch_weights
 from ecad_ray.models.registry import ModelSpec, resolve_model
 from ecad_ray.prompts import Prompt, from_texts, read_prompt_file
 from ecad_ray.records import image_name, read_png_record, write_results
+
+if TYPE_CHECKING:
+    from ecad_ray.caching.schedule import Schedule
 
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.parquet"
@@ -47,10 +51,26 @@ class RunPlan:
     kept: list[dict]  # result rows of complete images found on disk (resume)
     num_prompts: int
     macs: int | None = None  # transformer MACs per image (`model` convention: the model's own text length)
+    schedule: Schedule | None = None  # the parsed, checked --schedule (None: uncached); it travels to the actors
 
 
-def plan_run(config: GenerateConfig) -> RunPlan:
-    """Validate the whole configuration and list the missing images; raises `UserError`."""
+def load_run_schedule(config: GenerateConfig) -> Schedule | None:
+    """Parse `--schedule` (None without one): the run's only parse; the object travels from here."""
+    if not config.schedule:
+        return None
+    path = Path(config.schedule)
+    if not path.is_file():
+        raise UserError(f"--schedule {config.schedule}: no such file")
+    from ecad_ray.caching import load_schedule
+
+    return load_schedule(path)
+
+
+def plan_run(config: GenerateConfig, schedule: Schedule | None = None) -> RunPlan:
+    """Validate the whole configuration and list the missing images; raises `UserError`.
+
+    `schedule`: `config.schedule` already parsed (`load_run_schedule`, or an earlier plan's),
+    so re-planning a run does not parse it again."""
     config.check_counts()
     spec = resolve_model(config.model)
     if config.transformer_weights:
@@ -60,7 +80,9 @@ def plan_run(config: GenerateConfig) -> RunPlan:
         spec = replace(spec, transformer_file=str(weights.resolve()))
     spec = fetch_weights(spec)
     family = generation_family(spec.family)
-    schedule_name, schedule_steps = _check_schedule(config, spec)
+    if schedule is None:
+        schedule = load_run_schedule(config)
+    schedule_name, schedule_steps = _check_schedule(config, spec, schedule)
     if schedule_steps and not config.steps:
         config = replace(config, steps=schedule_steps)
     settings = ImageSettings.resolve(config, spec, schedule_name)
@@ -112,13 +134,13 @@ def plan_run(config: GenerateConfig) -> RunPlan:
             )
     wanted = {(p.prompt_id, s) for p in prompts for s in seeds}
     kept = [r for r in kept if (r["prompt_id"], r["seed"]) in wanted]
-    macs = transformer_macs(spec, settings, config.schedule)
-    return RunPlan(config, spec, settings, output_dir, store_root, jobs, kept, len(prompts), macs)
+    macs = transformer_macs(spec, settings, schedule)
+    return RunPlan(config, spec, settings, output_dir, store_root, jobs, kept, len(prompts), macs, schedule)
 
 
-def transformer_macs(spec: ModelSpec, settings: ImageSettings, schedule_path: str | None) -> int | None:
+def transformer_macs(spec: ModelSpec, settings: ImageSettings, schedule: Schedule | None) -> int | None:
     """Analytic transformer MACs of one image under the run's schedule (None: shapes unknown)."""
-    from ecad_ray.caching import load_schedule, resolve_spec, schedule_macs
+    from ecad_ray.caching import resolve_spec, schedule_macs
     from ecad_ray.caching.baselines import default_schedule
 
     try:
@@ -129,24 +151,22 @@ def transformer_macs(spec: ModelSpec, settings: ImageSettings, schedule_path: st
         area = settings.height * settings.width / (tspec.height * tspec.width)
         tspec = replace(tspec, height=settings.height, width=settings.width,
                         image_tokens=round(tspec.image_tokens * area))
-    schedule = load_schedule(schedule_path) if schedule_path else default_schedule(tspec, settings.steps)
+    if schedule is None:
+        schedule = default_schedule(tspec, settings.steps)
     return schedule_macs(schedule, tspec)
 
 
-def _check_schedule(config: GenerateConfig, spec: ModelSpec) -> tuple[str, int | None]:
-    """(schedule name, its step count) after checking it against the model and --steps.
+def _check_schedule(config: GenerateConfig, spec: ModelSpec, schedule: Schedule | None) -> tuple[str, int | None]:
+    """(schedule name, its step count) after checking the parsed schedule against the model and --steps.
 
     Models without a known transformer config (an uncached hub id) are checked again by each
     generation actor against the loaded transformer.
     """
-    if not config.schedule:
+    if schedule is None:
         return "none", None
     path = Path(config.schedule)
-    if not path.is_file():
-        raise UserError(f"--schedule {config.schedule}: no such file")
-    from ecad_ray.caching import load_schedule, resolve_spec, validate_schedule
+    from ecad_ray.caching import resolve_spec, validate_schedule
 
-    schedule = load_schedule(path)
     try:
         target = resolve_spec(spec.name)
     except (UserError, OSError, ValueError, KeyError):

@@ -25,7 +25,7 @@ def _root(
 ) -> None:
     """Faster text-to-image generation (layer caching, token pruning) on Ray, and what it costs."""
     if verbose:
-        os.environ["ECAD_RAY_VERBOSE"] = "1"  # actors.plan.VERBOSE_ENV (not imported: keeps --help fast)
+        os.environ["ECAD_RAY_VERBOSE"] = "1"  # actors.pipeline.VERBOSE_ENV (not imported: keeps --help fast)
 
 
 def _register() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ecad_ray.caching import load_schedule
 from ecad_ray.config import GenerateConfig, ImageSettings
 from ecad_ray.engine import ImageGenerator, TextEncoder
 from ecad_ray.errors import UserError
@@ -122,7 +123,7 @@ def test_cpu_generation_has_no_warm_up_pass_and_still_applies_the_schedule():
     spec = resolve_model("demo")
     settings = ImageSettings.resolve(GenerateConfig(), spec)
     emb = TextEncoder(spec, "cpu")(["a red circle"], [""])
-    cached = ImageGenerator(spec, settings, "cpu", schedule_path=str(schedule))
+    cached = ImageGenerator(spec, settings, "cpu", load_schedule(schedule))
     forwards = []
     cached.pipe.transformer.register_forward_pre_hook(lambda *_: forwards.append(1))
     image = cached(emb, [0])
