@@ -123,7 +123,7 @@ def test_cpu_generation_has_no_warm_up_pass_and_still_applies_the_schedule():
     spec = resolve_model("demo")
     settings = ImageSettings.resolve(GenerateConfig(), spec)
     emb = TextEncoder(spec, "cpu")(["a red circle"], [""])
-    cached = ImageGenerator(spec, settings, "cpu", load_schedule(schedule))
+    cached = ImageGenerator(spec, settings, "cpu", schedule=load_schedule(schedule))
     forwards = []
     cached.pipe.transformer.register_forward_pre_hook(lambda *_: forwards.append(1))
     image = cached(emb, [0])
