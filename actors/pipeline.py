@@ -95,7 +95,8 @@ def run_stages(rows: list[dict], stages: Sequence[StageSpec], rows_per_block: in
     or stops Ray. `rows_per_block`: split the source into blocks of this many rows (e.g. one
     per generation batch, so every actor of a pool gets work); None lets Ray Data choose.
     """
-    check_plan(rows[0] if rows else (), stages)
+    if rows:  # no rows, nothing to run (a resumed run with every image on disk)
+        check_plan(rows[0], stages)
     return _stream(rows, stages, rows_per_block)
 
 

@@ -186,8 +186,8 @@ def run_generate(config: GenerateConfig, progress=None) -> RunSummary:
 def _run_locked(plan: RunPlan, started: float, progress) -> RunSummary:
     """The run itself, while this process alone holds the run folder."""
     config = plan.config
-    # the plan's stages and columns do not depend on the cluster: check them before Ray starts
-    check_plan(plan.jobs[0] if plan.jobs else (), generate_stages(plan, gpu=False))
+    if plan.jobs:  # the plan's stages and columns do not depend on the cluster: check them before Ray starts
+        check_plan(plan.jobs[0], generate_stages(plan, gpu=False))
     extra = {"device": device_description(config.device)}
     start_run(plan, extra)
     writer = ImageWriter(str(plan.output_dir), asdict(plan.settings))

@@ -67,6 +67,7 @@ def test_a_stage_consuming_a_column_nobody_produces_is_refused_before_ray_starts
     with pytest.raises(PlanError, match="stage 'offset' consumes column\\(s\\) 'y'"):
         check_plan(["x"], [StageSpec(AddOffset, {"offset": 1}), StageSpec(Double)])
     check_plan(["x"], [StageSpec(Double), StageSpec(AddOffset, {"offset": 1})])  # fine
+    assert list(run_stages([], plan)) == []  # no rows: nothing to check or run (a fully resumed run)
 
 
 def test_run_stages_streams_any_plan_through_real_ray_data(ray_local):
