@@ -154,6 +154,10 @@ def test_cache_stats_land_in_run_json(tmp_path, ray_local):
     per_step = sum(len(schedule.components(block)) for block in schedule.blocks())
     assert cache["computed"] == cache["reused"] == 2 * 10 * per_step
     assert cache["peak_bytes"] > 0
+    # run again: every image is on disk, nothing runs (no plan to check) and the cache did nothing
+    again = run_generate(GenerateConfig(output_dir=str(tmp_path / "fora"), schedule=str(SCHEDULE), **base))
+    assert (again.new_images, again.kept_images) == (0, 4)
+    assert json.loads((tmp_path / "fora" / "run.json").read_text())["cache"] == dict.fromkeys(cache, 0)
 
 
 def test_a_batch_count_is_spread_over_its_rows_exactly():
