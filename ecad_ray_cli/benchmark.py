@@ -8,6 +8,15 @@ from typing import Annotated, Optional
 import typer
 
 from ecad_ray.config import GenerateConfig
+from ecad_ray_cli.options import (
+    Address,
+    BatchSize,
+    GuidanceScale,
+    NumImagesPerPrompt,
+    NumWorkers,
+    StartSeed,
+    ThreadsPerWorker,
+)
 
 
 def benchmark(
@@ -15,15 +24,15 @@ def benchmark(
     schedule_dir: Annotated[Path, typer.Option(help="Folder of ECAD schedule JSON files (searched recursively).")],
     output_dir: Annotated[Path, typer.Option(help="Writes <output-dir>/<schedule-name>/ per schedule + results.parquet.")],
     model: Annotated[str, typer.Option(help="The model the embeddings were made with.")] = "demo",
-    num_images_per_prompt: Annotated[int, typer.Option(help="Images per prompt.")] = 1,
-    batch_size: Annotated[int, typer.Option(help="Images per generation call on one worker.")] = 4,
-    guidance_scale: Annotated[Optional[float], typer.Option(help="Guidance scale (default: the model's).")] = None,
+    num_images_per_prompt: NumImagesPerPrompt = 1,
+    batch_size: BatchSize = 4,
+    guidance_scale: GuidanceScale = None,
     negative_prompt: Annotated[str, typer.Option(help="Negative prompt the embeddings were made with.")] = "",
-    start_seed: Annotated[int, typer.Option(help="Seed of each prompt's first image.")] = 0,
+    start_seed: StartSeed = 0,
     seed_step: Annotated[int, typer.Option(help="Seed increment between a prompt's images.")] = 1,
-    num_workers: Annotated[int, typer.Option(help="Generation actors (one GPU each when GPUs exist).")] = 1,
-    threads_per_worker: Annotated[int, typer.Option(help="Torch threads per actor on CPU.")] = 1,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster to join ('auto' or HOST:PORT).")] = None,
+    num_workers: NumWorkers = 1,
+    threads_per_worker: ThreadsPerWorker = 1,
+    address: Address = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Regenerate images that already exist.")] = False,

@@ -13,6 +13,15 @@ from typing import Annotated, Optional
 import typer
 
 from ecad_ray.config import GenerateConfig
+from ecad_ray_cli.options import (
+    Address,
+    BatchSize,
+    GuidanceScale,
+    NumImagesPerPrompt,
+    NumWorkers,
+    StartSeed,
+    ThreadsPerWorker,
+)
 
 
 def generate(
@@ -26,14 +35,14 @@ def generate(
     ] = None,
     model: Annotated[str, typer.Option(help="Registry name (demo, pixart-alpha-256, pixart-sigma-256, flux-dev), hub id or local folder.")] = "demo",
     output_dir: Annotated[Path, typer.Option(help="Run folder: images/, embeddings/, results.parquet, run.json.")] = Path("runs/demo"),
-    num_images_per_prompt: Annotated[int, typer.Option(help="Images per prompt (seeds start-seed + j*seed-step).")] = 1,
-    batch_size: Annotated[int, typer.Option(help="Images per generation call on one worker.")] = 4,
+    num_images_per_prompt: NumImagesPerPrompt = 1,
+    batch_size: BatchSize = 4,
     height: Annotated[Optional[int], typer.Option(help="Image height in pixels (default: the model's).")] = None,
     width: Annotated[Optional[int], typer.Option(help="Image width in pixels (default: the model's).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Denoising steps (default: the model's).")] = None,
-    guidance_scale: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale (default: the model's).")] = None,
+    guidance_scale: GuidanceScale = None,
     negative_prompt: Annotated[str, typer.Option(help="Negative prompt for every image (PixArt).")] = "",
-    start_seed: Annotated[int, typer.Option(help="Seed of each prompt's first image.")] = 0,
+    start_seed: StartSeed = 0,
     seed_step: Annotated[int, typer.Option(help="Seed increment between a prompt's images.")] = 1,
     schedule: Annotated[Optional[Path], typer.Option(help="ECAD caching schedule (JSON) to apply.")] = None,
     transformer_weights: Annotated[
@@ -42,12 +51,12 @@ def generate(
     input_embeddings: Annotated[
         Optional[Path], typer.Option(help="Reuse this embeddings store instead of encoding prompts.")
     ] = None,
-    num_workers: Annotated[int, typer.Option(help="Generation actors (one GPU each when GPUs exist); with --min-workers, the most.")] = 1,
+    num_workers: NumWorkers = 1,
     min_workers: Annotated[
         Optional[int], typer.Option(help="Fewest generation actors: the pool starts with this many and grows to --num-workers while the cluster has room (default: --num-workers, a fixed pool).")
     ] = None,
-    threads_per_worker: Annotated[int, typer.Option(help="Torch threads per actor on CPU.")] = 1,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster to join: 'auto' or HOST:PORT (default: start a local Ray).")] = None,
+    threads_per_worker: ThreadsPerWorker = 1,
+    address: Address = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto (the model's on GPU, fp32 on CPU), fp32, fp16 or bf16.")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Regenerate images that already exist in --output-dir.")] = False,

@@ -17,9 +17,9 @@ from ecad_ray.errors import UserError
 
 T = TypeVar("T")
 
-NumWorkers = Annotated[int, typer.Option("--num-workers", help="Model actors in the Ray pool (one GPU each when GPUs exist).")]
+NumWorkers = Annotated[int, typer.Option("--num-workers", help="Model actors in the Ray pool, at most (one GPU each when GPUs exist).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Images per model call on one worker.")]
-StartSeed = Annotated[int, typer.Option("--start-seed", help="Seed of each prompt's (or class's) first image; image j uses start-seed + j.")]
+StartSeed = Annotated[int, typer.Option("--start-seed", help="Seed of each prompt's (or class's) first image; the next images count up from it.")]
 NumImagesPerPrompt = Annotated[int, typer.Option("--num-images-per-prompt", help="Images per prompt (or class).")]
 OutputDir = Annotated[Path, typer.Option("--output-dir", "-o", help="Run folder for the outputs.")]
 GuidanceScale = Annotated[Optional[float], typer.Option("--guidance-scale", help="Classifier-free guidance scale (default: the model's).")]
