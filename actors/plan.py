@@ -28,7 +28,6 @@ from actors.metrics import MetricsStage
 from actors.pipeline import (  # noqa: F401  (quiet_ray_data, VERBOSE_ENV: part of this module's API)
     VERBOSE_ENV,
     StageSpec,
-    actor_pool,
     check_plan,
     quiet_ray_data,
     ray_log_level,
@@ -299,12 +298,6 @@ def stream_plan(plan: RunPlan) -> Iterator[dict]:
     gpu = _gpus_available() and plan.config.device != "cpu"
     # one block per generation batch, so every worker of the pool gets work
     return run_stages(plan.jobs, generate_stages(plan, gpu), rows_per_block=plan.config.batch_size)
-
-
-def _generation_pool(cfg: GenerateConfig):
-    """The Ray Data strategy of the generation pool: --num-workers actors, or with --min-workers
-    below it an autoscaling pool between the two (`actor_pool`)."""
-    return actor_pool(cfg.pool_size())
 
 
 def run_benchmark(base: GenerateConfig, schedule_dir: str, progress=None) -> list[RunSummary]:

@@ -342,11 +342,11 @@ def test_a_node_added_mid_run_gets_a_generation_actor(cluster, store, tmp_path):
 
 
 def test_min_workers_makes_the_pool_autoscale_and_defaults_to_a_fixed_pool():
-    from actors.plan import _generation_pool
+    from actors.pipeline import actor_pool
 
-    fixed = _generation_pool(GenerateConfig(num_workers=3))
+    fixed = actor_pool(GenerateConfig(num_workers=3).pool_size())
     assert (fixed.min_size, fixed.max_size) == (3, 3)
-    scaling = _generation_pool(GenerateConfig(num_workers=3, min_workers=1))
+    scaling = actor_pool(GenerateConfig(num_workers=3, min_workers=1).pool_size())
     assert (scaling.min_size, scaling.max_size) == (1, 3)
 
 
