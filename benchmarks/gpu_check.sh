@@ -104,7 +104,7 @@ EOF
 
 gpu_test_files() {  # $1 = ray | noray: the test files with gpu-marked tests that do / do not use Ray
   local f
-  for f in $(grep -l "mark.gpu" tests/test_*.py); do
+  for f in $(grep -rl "mark.gpu" tests --include="test_*.py"); do
     if grep -qE "^(from actors|import actors|import ray|from ray)|ray_local" "$f"; then
       [ "$1" = ray ] && echo "$f"
     else

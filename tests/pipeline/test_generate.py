@@ -18,7 +18,7 @@ from ecad_ray.config import GenerateConfig
 from ecad_ray.embeddings import EmbeddingStore
 from ecad_ray.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ("a small red circle above a blue square", "a large green triangle", "a yellow square")
 
 

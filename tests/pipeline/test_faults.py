@@ -24,7 +24,7 @@ from ecad_ray.errors import UserError
 from ecad_ray.records import read_png_record
 from ecad_ray.run import ERROR_LOG, run_lock
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ("a small red circle", "a large blue square", "a yellow triangle")
 CLI = [sys.executable, "-m", "ecad_ray_cli.main"]
 

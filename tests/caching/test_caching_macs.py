@@ -15,7 +15,7 @@ from ecad_ray.caching.schedule import make_schedule
 from ecad_ray.errors import UserError
 from ecad_ray.models.registry import shipped_config
 
-SCHEDULES = Path(__file__).resolve().parents[1] / "schedules"  # ECAD's published files (copied) + demo
+SCHEDULES = Path(__file__).resolve().parents[2] / "schedules"  # ECAD's published files (copied) + demo
 FILES = sorted(SCHEDULES.rglob("*.json"))  # every file, no filter: each must be classified below
 
 # The model each file's metrics were counted for; the longest matching path prefix wins.

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from ecad_ray.caching import load_schedule, validate_schedule
 from ecad_ray_cli.main import app
 
-ECAD = Path(__file__).resolve().parents[1] / "schedules"  # ECAD's published schedules, copied
+ECAD = Path(__file__).resolve().parents[2] / "schedules"  # ECAD's published schedules, copied
 FAST = ECAD / "schedules_in_paper/pixart_alpha_256/ours_fast.json"
 runner = CliRunner()
 

@@ -37,7 +37,7 @@ from actors.stage import FAULT_ENV
 from ecad_ray.config import GenerateConfig
 from ecad_ray.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "ecad_ray_cli.main"]
 PROMPTS = ("a small red circle", "a large blue square", "a yellow triangle", "a green star")
 GENERATOR = "MapWorker(MapBatches(GeneratorStage))"  # Ray Data's actor class for the generation pool

@@ -19,7 +19,7 @@ from ecad_ray.caching.testing import (
 from ecad_ray.errors import UserError
 
 STEPS = 6
-ECAD = str(Path(__file__).resolve().parents[1] / "schedules")  # ECAD's published schedules, copied
+ECAD = str(Path(__file__).resolve().parents[2] / "schedules")  # ECAD's published schedules, copied
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +237,7 @@ def test_tgate_without_cfg_keeps_the_batch(pixart):
     torch.testing.assert_close(hooked, expected, rtol=1e-5, atol=1e-6)
 
 
-DEMO_SCHEDULES = sorted((Path(__file__).resolve().parents[1] / "schedules" / "demo").glob("*.json"))
+DEMO_SCHEDULES = sorted((Path(__file__).resolve().parents[2] / "schedules" / "demo").glob("*.json"))
 
 
 def test_the_demo_baselines_are_shipped():

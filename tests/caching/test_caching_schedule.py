@@ -20,8 +20,8 @@ from ecad_ray.errors import UserError
 DEMO_LAST = resolve_spec("demo").num_blocks - 1  # the demo model's last block index
 
 # where the project received ECAD's files: ../shared beside the checkout (developers and CI)
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "ecad-schedules"
-REPO = Path(__file__).resolve().parents[1] / "schedules"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "ecad-schedules"
+REPO = Path(__file__).resolve().parents[2] / "schedules"
 ECAD = REPO  # the repo's copy, same layout
 FILES = sorted(REPO.rglob("*.json"))
 

@@ -89,7 +89,7 @@ def test_demo_weights_missing_or_present_message():
 
 
 # ---- FoundationVision's own files (tests/data/foundationvision) -------------------------------
-FV = Path(__file__).parent / "data" / "foundationvision"
+FV = Path(__file__).resolve().parents[1] / "data" / "foundationvision"
 FV_VAR, FV_VAE = FV / "var_d2.pth", FV / "vae_ch32v64z8.pth"
 
 

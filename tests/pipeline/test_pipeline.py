@@ -19,7 +19,7 @@ from actors.stage import Stage
 from ecad_ray.caching.schedule import Schedule, load_schedule
 from ecad_ray.config import GenerateConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCHEDULE = ROOT / "schedules" / "demo" / "recompute_all_every_002.json"
 
 

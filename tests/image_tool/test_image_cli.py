@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from ecad_ray_cli.main import app, main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
 KUBERAY = {"RayJob", "RayCluster"}
 IMAGE_CHECKOUT = "/home/ray/ecad-ray/"  # where docs/deploy.md's image puts this repository
