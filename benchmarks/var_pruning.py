@@ -1,11 +1,15 @@
 """VAR per-scale pruning: FLOPs share per scale, wall-time speedup vs the FLOPs ideal, and
-quality (PSNR / SSIM / LPIPS to the unpruned images), side by side in one run.
+quality (judge accuracy on held-out captions; PSNR / SSIM / LPIPS to the unpruned images),
+side by side in one run.
 
 Speed is measured on a benchmark-sized random-weight model (`random:benchmark`: VAR-256's
 ten scales 1..16, 8 layers of width 512, 4096-entry codebook) so the transformer is compute
 bound on a CPU; the tiny demo model would mostly measure Python overheads. Quality is
-measured on the trained `demo-var` digits model (random weights make noise images, whose
-distances mean little). The same settings are applied to both by position from the last
+measured on the trained `demo-var` text-to-image shapes model (random weights make noise
+images, whose distances mean little): the demo's judge reads colour and shape back from
+images of the held-out captions (prompts/demo_heldout.txt, never trained on), exactly as
+caching is judged on the DiT demo; a class-conditional model (`demo-var-digits`) gets the
+pairwise distances only. The same settings are applied to both by position from the last
 scale:
 
     seed tail        the seed tool's default: last six scales 0.3, 0.4, skip, skip, 0.8, skip
@@ -24,14 +28,17 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-import ecad_ray  # noqa: F401  (torchvision shim before lpips)
+import ecad_ray.errors  # (importing ecad_ray first: torchvision shim before lpips)
 from ecad_ray.var.checkpoints import load_var_model
 from ecad_ray.var.controllers import NoPruning, TailPattern, describe
-from ecad_ray.var.evaluation import LpipsScorer, psnr, ssim
+from ecad_ray import judge
+from ecad_ray.metrics.pairwise import LpipsScorer, psnr, ssim
+from ecad_ray.shapes import heldout_captions
 from ecad_ray.var.pruning import transformer_flops
 
 SETTINGS = {
@@ -90,32 +97,45 @@ def time_settings(pipe, batch: int, repeats: int) -> dict[str, dict[str, float]]
     return out
 
 
-def quality(pipe, n_images: int, backbone: str) -> dict[str, dict[str, float]]:
-    """Mean PSNR / SSIM / LPIPS of each setting's images to the unpruned ones (same seeds)."""
-    classes = [i % pipe.config.var.num_classes for i in range(n_images)]
-    cond, seeds = pipe.conditions(classes=classes), list(range(100, 100 + n_images))
-    imgs = {name: pipe.generate(cond, seeds, ctrl).images_B3HW.permute(0, 2, 3, 1).numpy() for name, ctrl in SETTINGS.items()}
-    lp = LpipsScorer(backbone)
-    ref = list(imgs["unpruned"])
+def quality(pipe, n_images: int, lpips: LpipsScorer) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
+    """Per setting: judge accuracy (text models) and mean PSNR / SSIM / LPIPS to the unpruned
+    images of the same conditions and seeds; and the images (uint8 NHWC)."""
+    seeds = list(range(100, 100 + n_images))
+    if pipe.config.var.cond == "text":
+        captions = heldout_captions()
+        prompts = [captions[i % len(captions)] for i in range(n_images)]
+        cond = pipe.conditions(prompts=prompts)
+    else:
+        prompts = None
+        cond = pipe.conditions(classes=[i % pipe.config.var.num_classes for i in range(n_images)])
+    imgs = {}
+    for name, ctrl in SETTINGS.items():
+        x = pipe.generate(cond, seeds, ctrl).images_B3HW.permute(0, 2, 3, 1).numpy()
+        imgs[name] = np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
+    ref = imgs["unpruned"]
     out = {}
-    for name, arr in imgs.items():
-        cur = list(arr)
-        p = [psnr(a, b) for a, b in zip(ref, cur)]
+    for name, cur in imgs.items():
+        p = [psnr(a, b) for a, b in zip(cur, ref)]
         finite = [v for v in p if np.isfinite(v)]
         out[name] = {"psnr": float(np.mean(finite)) if finite else float("inf"),
-                     "ssim": float(np.mean([ssim(a, b) for a, b in zip(ref, cur)])),
-                     "lpips": float(np.mean(lp(ref, cur)))}
-    return out
+                     "ssim": float(np.mean([ssim(a, b) for a, b in zip(cur, ref)])),
+                     "lpips": float(np.mean(lpips(cur, ref))),
+                     "colour": float("nan"), "shape": float("nan")}
+        if prompts is not None:
+            fid = judge.score(prompts, cur)
+            out[name].update(colour=fid.colour, shape=fid.shape)
+    return out, imgs
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds per setting (the fastest is reported)")
     ap.add_argument("--batch", type=int, default=16, help="images per generate call in the speed runs")
-    ap.add_argument("--quality-images", type=int, default=20, help="demo-var images per setting for quality")
+    ap.add_argument("--quality-images", type=int, default=128, help="images per setting for quality (held-out captions, cycled)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--speed-model", default="random:benchmark", help="model for the speed runs")
     ap.add_argument("--quality-model", default="demo-var", help="model for the quality runs")
+    ap.add_argument("--grid", type=Path, default=None, help="write a PNG: unpruned / seed tail / fastvar-like rows")
     ap.add_argument("--device", default="cpu", help="torch device of the speed runs (quality runs on the CPU)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -138,17 +158,23 @@ def main() -> None:
 
     timings = time_settings(bench, args.batch, args.repeats)
     try:
-        LpipsScorer("pretrained")
-        backbone = "pretrained"
-    except Exception:
-        backbone = "random"
-    qual = quality(load_var_model(args.quality_model), args.quality_images, backbone)
+        lpips, backbone = LpipsScorer(), "alex, ImageNet"
+    except ecad_ray.errors.UserError:  # no backbone weights offline: distances still order the settings
+        lpips, backbone = LpipsScorer(random_backbone=True), "random (no ImageNet weights here)"
+    qual, images = quality(load_var_model(args.quality_model), args.quality_images, lpips)
+    if args.grid:
+        from ecad_ray.benchmarking import grid_png
+
+        rows = ["unpruned", "seed tail", "fastvar-like"]
+        grid_png([images[r][:8] for r in rows], args.grid)
+        print(f"grid -> {args.grid} (rows: {', '.join(rows)}; the first 8 held-out captions, same seeds)")
 
     base = timings["unpruned"]
     print(f"\nSpeed: {args.speed_model} (best of {args.repeats}, batch {args.batch}); quality: {args.quality_model}, "
-          f"{args.quality_images} images vs its unpruned images (LPIPS backbone: {backbone})")
+          f"{args.quality_images} images vs its unpruned images (LPIPS backbone: {backbone}); judge accuracy "
+          f"on held-out captions")
     head = (f"{'setting':13s} {'ratios (last scales)':32s} {'ideal x':>7s} {'meas x':>7s} {'gap':>6s} {'ok':>3s} "
-            f"{'e2e x':>6s} {'s/img':>7s} {'spread':>6s} {'PSNR':>6s} {'SSIM':>6s} {'LPIPS':>6s}")
+            f"{'e2e x':>6s} {'s/img':>7s} {'spread':>6s} {'colour':>6s} {'shape':>6s} {'PSNR':>6s} {'SSIM':>6s} {'LPIPS':>6s}")
     print(head)
     print("-" * len(head))
     for name, ctrl in SETTINGS.items():
@@ -158,10 +184,11 @@ def main() -> None:
         gap = meas / ideal - 1
         q = qual[name]
         print(f"{name:13s} {describe(ctrl):32s} {ideal:7.2f} {meas:7.2f} {100 * gap:5.1f}% {'yes' if abs(gap) <= 0.15 else 'no':>3s} "
-              f"{e2e:6.2f} {timings[name]['total']:7.3f} {100 * timings[name]['spread']:5.0f}% {q['psnr']:6.2f} {q['ssim']:6.3f} {q['lpips']:6.3f}")
+              f"{e2e:6.2f} {timings[name]['total']:7.3f} {100 * timings[name]['spread']:5.0f}% {q['colour']:6.3f} {q['shape']:6.3f} {q['psnr']:6.2f} {q['ssim']:6.3f} {q['lpips']:6.3f}")
     print("\nideal x = transformer FLOPs unpruned / pruned; meas x = measured transformer time ratio; "
           "gap = meas/ideal - 1 (target |gap| <= 15%); e2e x includes VQ decode and Python overheads;\n"
-          "s/img = best end-to-end seconds per image; spread = slowest/fastest transformer time - 1 over the rounds.")
+          "s/img = best end-to-end seconds per image; spread = slowest/fastest transformer time - 1 over the rounds;\n"
+          "colour / shape = the demo judge's accuracy against the captions (unpruned gate: colour >= 0.80, shape >= 0.70).")
 
 
 if __name__ == "__main__":

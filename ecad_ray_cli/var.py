@@ -184,22 +184,19 @@ def spectra_cmd(
 
 @var_app.command("train")
 def train_cmd(
-    output: Annotated[Optional[Path], typer.Option(help="Where the trained safetensors goes (default: the shipped demo-var file).")] = None,
-    vq_steps: Annotated[int, typer.Option(help="Tokenizer updates.")] = 400,
-    var_steps: Annotated[int, typer.Option(help="Transformer updates.")] = 800,
-    batch_size: Annotated[int, typer.Option(help="Images per update.")] = 48,
+    model: Annotated[str, typer.Option(help="Which shipped demo to train: demo-var (shapes captions, text) or demo-var-digits.")] = "demo-var",
+    output: Annotated[Optional[Path], typer.Option(help="Where the trained safetensors goes (default: the shipped file of --model).")] = None,
+    vq_steps: Annotated[Optional[int], typer.Option(help="Tokenizer updates (default: the model's recipe).")] = None,
+    var_steps: Annotated[Optional[int], typer.Option(help="Transformer updates (default: the model's recipe).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per update (default: the model's recipe).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of data order and initial weights.")] = 0,
-    threads: Annotated[int, typer.Option(help="Torch threads.")] = 1,
+    threads: Annotated[Optional[int], typer.Option(help="Torch threads (default: the model's recipe).")] = None,
 ) -> None:
-    """Train `demo-var` (digits, 16x16) on a CPU: tokenizer, then transformer."""
-    from ecad_ray.var.checkpoints import DEMO_WEIGHTS
-    from ecad_ray.var.train import TrainConfig, train_demo
+    """Train a shipped demo VAR on a CPU: tokenizer, then transformer (demo-var: ~40 min on 2 cores)."""
+    from ecad_ray.var.train import train_recipe
 
-    if min(vq_steps, var_steps, batch_size, threads) < 1:
-        raise UserError("--vq-steps / --var-steps / --batch-size / --threads: must be >= 1")
-    tc = TrainConfig(vq_steps=vq_steps, var_steps=var_steps, batch_size=batch_size, seed=seed, threads=threads,
-                     warmup=min(50, vq_steps, var_steps))
-    train_demo(output or DEMO_WEIGHTS, tc=tc, log=lambda s: typer.echo(s))
+    train_recipe(model, output, vq_steps=vq_steps, var_steps=var_steps, batch_size=batch_size, seed=seed,
+                 threads=threads, log=typer.echo)
 
 
 def register(app: typer.Typer) -> None:

@@ -38,7 +38,8 @@ from ecad_ray.var.model import VAR, block_causal_bias, level_index
 from ecad_ray.var.vqvae import VQVAE
 
 ASSETS = Path(__file__).parent / "assets"
-DEMO_WEIGHTS = ASSETS / "demo-var.safetensors"
+DEMO_MODELS = {name: ASSETS / f"{name}.safetensors" for name in ("demo-var", "demo-var-digits")}  # shipped, trained
+DEMO_WEIGHTS = DEMO_MODELS["demo-var"]
 FORMAT = "ecad-ray-var/2"
 # Magnitudes no trained float32 weight reaches: uninitialised memory (torch.empty) does.
 _GARBAGE_ABS = 1e8
@@ -92,12 +93,14 @@ def training_notes(path: str | Path) -> dict:
 
 
 def load_var_model(model: str, vae: str | None = None, device: str | torch.device = "cpu") -> VarPipeline:
-    """Resolve `--model`: `demo-var`, `random:<preset>`, a `.safetensors` file, a FoundationVision
-    `.pth` (with `vae`), or a folder holding `var_d*.pth` and `vae_*.pth`."""
-    if model == "demo-var":
-        if not DEMO_WEIGHTS.exists():
-            raise UserError(f"--model demo-var: weights {DEMO_WEIGHTS} are missing; run `ecad-ray var train`")
-        return load_safetensors(DEMO_WEIGHTS, device)
+    """Resolve `--model`: a shipped demo (`demo-var`, `demo-var-digits`), `random:<preset>`, a
+    `.safetensors` file, a FoundationVision `.pth` (with `vae`), or a folder holding `var_d*.pth`
+    and `vae_*.pth`."""
+    if model in DEMO_MODELS:
+        if not DEMO_MODELS[model].exists():
+            raise UserError(f"--model {model}: weights {DEMO_MODELS[model]} are missing; "
+                            f"run `ecad-ray var train --model {model}`")
+        return load_safetensors(DEMO_MODELS[model], device)
     if model.startswith("random:"):
         name = model.split(":", 1)[1]
         if name not in PRESETS:
@@ -113,7 +116,7 @@ def load_var_model(model: str, vae: str | None = None, device: str | torch.devic
                             f"(found {len(var_files)} and {len(vae_files)})")
         return load_foundation_vision(var_files[0], vae or vae_files[0], device=device)
     if not path.exists():
-        raise UserError(f"--model {model}: not demo-var, random:<preset>, nor an existing file or folder")
+        raise UserError(f"--model {model}: not {', '.join(DEMO_MODELS)}, random:<preset>, nor an existing file or folder")
     if path.suffix == ".safetensors":
         return load_safetensors(path, device)
     if path.suffix in (".pth", ".pt"):

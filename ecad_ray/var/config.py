@@ -3,7 +3,8 @@
 One config describes the whole generator: the multi-scale residual VQ tokenizer
 (`VQVAEConfig`, FoundationVision's `vae_ch160v4096z32` layout) and the next-scale
 transformer (`VARConfig`, FoundationVision's `var_d16` layout). Presets: `tiny` (tests),
-`demo-var` (the shipped digits model), `benchmark` (compute bound on a CPU), `var-d16` (the
+`demo-var` (the shipped text-to-image shapes model), `demo-var-digits` (the shipped
+class-conditional digits model), `benchmark` (compute bound on a CPU), `var-d16` (the
 real 256-px ImageNet model).
 """
 
@@ -52,7 +53,10 @@ class VARConfig:
     patch_nums: tuple[int, ...] = VAR_PATCH_NUMS  # token-map widths, one per scale
     num_classes: int = 1000  # class-conditional label count (one more row = CFG null class)
     cond: str = "class"  # "class" (label embedding) or "text" (projected prompt embedding)
-    text_dim: int = 64  # width of the prompt embedding when cond == "text"
+    text_dim: int = 64  # width of the prompt vector when cond == "text"
+    text_encoder: str = "hash"  # "demo" (the demo DiT's T5), a hub id / folder, or "hash" (no weights)
+    text_pooling: str = "mean"  # "mean" of the encoder's states, or "tokens": the first text_tokens side by side
+    text_tokens: int = 16  # tokens kept (padded / truncated) before pooling
     attn_l2_norm: bool = True  # cosine attention with a learned per-head scale, as var_d16
     norm_eps: float = 1e-6  # LayerNorm epsilon
     class_names: tuple[str, ...] = ()  # optional names; a prompt naming one picks that class
@@ -130,9 +134,21 @@ def tiny_config() -> VarModelConfig:
 
 
 def demo_config() -> VarModelConfig:
-    """`demo-var`: the digits model trained by `ecad-ray var train` and shipped in the package."""
+    """`demo-var`: text-to-image on the demo's shapes captions (32 px, 8x8 tokens), conditioned
+    on the demo DiT's T5 encoder; trained by `ecad-ray var train` and shipped in the package."""
     return VarModelConfig(
         name="demo-var",
+        vqvae=VQVAEConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=16, vocab_size=512, num_groups=8),
+        var=VARConfig(depth=6, embed_dim=128, num_heads=4, patch_nums=(1, 2, 3, 4, 6, 8), cond="text",
+                      text_encoder="demo", text_pooling="tokens", text_tokens=16, text_dim=16 * 128),
+        sampling=SamplingConfig(cfg=3.0, top_k=0, top_p=0.9),
+    )
+
+
+def demo_digits_config() -> VarModelConfig:
+    """`demo-var-digits`: the class-conditional digits model (16 px), shipped in the package."""
+    return VarModelConfig(
+        name="demo-var-digits",
         vqvae=VQVAEConfig(ch=16, ch_mult=(1, 2), num_res_blocks=1, z_channels=16, vocab_size=128, num_groups=4),
         var=VARConfig(depth=4, embed_dim=64, num_heads=4, patch_nums=(1, 2, 3, 4, 6, 8), num_classes=10,
                       class_names=DIGIT_NAMES),
@@ -155,7 +171,7 @@ def var_d16_config() -> VarModelConfig:
     return VarModelConfig(name="var-d16")
 
 
-PRESETS = {"tiny": tiny_config, "demo-var": demo_config, "benchmark": benchmark_config, "var-d16": var_d16_config}
+PRESETS = {"tiny": tiny_config, "demo-var": demo_config, "demo-var-digits": demo_digits_config, "benchmark": benchmark_config, "var-d16": var_d16_config}
 
 
 def preset(name: str, **var_overrides: Any) -> VarModelConfig:

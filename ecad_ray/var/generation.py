@@ -20,7 +20,7 @@ from ecad_ray.var.controllers import Controller, NoPruning, describe
 from ecad_ray.var.model import VAR, LayerKV, Modulations, ScalePruning
 from ecad_ray.var.pruning import default_layer_range
 from ecad_ray.var.sampling import make_generators, sample_tokens
-from ecad_ray.var.text import hash_text_embedding, prompt_to_class
+from ecad_ray.var.text import load_prompt_encoder, prompt_to_class
 from ecad_ray.var.vqvae import VQVAE
 
 
@@ -120,7 +120,8 @@ class VarPipeline:
         if vcfg.cond == "text":
             if prompts is None:
                 raise ValueError("a text-conditional VAR needs prompts")
-            return torch.stack([hash_text_embedding(p, vcfg.text_dim) for p in prompts]).to(self.device)
+            encoder = load_prompt_encoder(vcfg.text_encoder, vcfg.text_dim, vcfg.text_pooling, vcfg.text_tokens)
+            return encoder(prompts).to(self.device)
         if classes is None:
             if prompts is None:
                 raise ValueError("give classes or prompts")

@@ -81,11 +81,11 @@ def test_mismatches_are_named(pipe, tmp_path):
 
 def test_demo_weights_missing_or_present_message():
     try:
-        p = load_var_model("demo-var")
+        p = load_var_model("demo-var-digits")
     except UserError as err:
         assert "ecad-ray var train" in str(err)
     else:
-        assert p.config.name == "demo-var" and p.config.image_size == 16
+        assert p.config.name == "demo-var-digits" and p.config.image_size == 16
 
 
 # ---- FoundationVision's own files (tests/data/foundationvision) -------------------------------

@@ -1,6 +1,7 @@
 """`ecad-ray var ...`: options reach the plan exactly; one real Ray run on a random tiny model,
 then spectra plots and the Original-vs-pruned evaluation on its outputs; one-line errors."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -89,7 +90,7 @@ def test_module_entry_point_reports_missing_weights_in_one_line(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [f"error: --model {tmp_path / 'var_d16.pth'}: not demo-var, "
-                                                "random:<preset>, nor an existing file or folder"]
+                                                "demo-var-digits, random:<preset>, nor an existing file or folder"]
 
 
 def test_end_to_end_generate_spectra_eval(tmp_path):
@@ -137,15 +138,19 @@ def test_train_command_runs_a_short_training(tmp_path, monkeypatch):
     seen = {}
     real = train_mod.train_demo
 
-    def short(out, tc=None, log=print, config=None):
+    def short(out, config=None, tc=None, log=print):
         seen["tc"] = tc
-        return real(out, tc=train_mod.TrainConfig(vq_steps=2, var_steps=2, batch_size=8, warmup=1, num_images=32), log=log)
+        quick = dataclasses.replace(tc, vq_steps=2, var_steps=2, batch_size=8, warmup=1, num_images=32)
+        return real(out, config, quick, log=log)
 
     monkeypatch.setattr(train_mod, "train_demo", short)
-    out = tmp_path / "m.safetensors"
-    result = runner.invoke(app, ["var", "train", "--output", str(out), "--var-steps", "5"])
-    assert result.exit_code == 0, result.output
-    assert seen["tc"] == train_mod.TrainConfig(vq_steps=400, var_steps=5, batch_size=48, warmup=5)
-    from ecad_ray.var import load_var_model
+    for model, recipe in train_mod.RECIPES.items():
+        out = tmp_path / f"{model}.safetensors"
+        result = runner.invoke(app, ["var", "train", "--model", model, "--output", str(out), "--var-steps", "5"])
+        assert result.exit_code == 0, result.output
+        assert seen["tc"] == dataclasses.replace(recipe, var_steps=5, warmup=5)
+        from ecad_ray.var import load_var_model
 
-    assert load_var_model(str(out)).config.name == "demo-var"
+        assert load_var_model(str(out)).config.name == model
+    result = runner.invoke(app, ["var", "train", "--model", "random:tiny"])
+    assert result.exit_code != 0 and "trains the shipped demos" in str(result.exception)

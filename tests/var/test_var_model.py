@@ -211,9 +211,10 @@ def test_class_model_maps_prompts_to_classes(pipe):
 
 
 def test_config_round_trip():
-    cfg = preset("demo-var")
-    assert VarModelConfig.from_dict(cfg.to_dict()) == cfg
-    assert cfg.image_size == 16 and math.isclose(preset("var-d16").image_size, 256)
+    for name in ("demo-var", "demo-var-digits"):
+        cfg = preset(name)
+        assert VarModelConfig.from_dict(cfg.to_dict()) == cfg
+    assert preset("demo-var-digits").image_size == 16 and preset("demo-var").image_size == 32 and math.isclose(preset("var-d16").image_size, 256)
     with pytest.raises(UserError):
         VarModelConfig.from_dict({"var": {"depht": 3}})
 
