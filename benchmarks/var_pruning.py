@@ -31,7 +31,8 @@ import torch
 import ecad_ray  # noqa: F401  (torchvision shim before lpips)
 from ecad_ray.var.checkpoints import load_var_model
 from ecad_ray.var.controllers import NoPruning, TailPattern, describe
-from ecad_ray.var.evaluation import LpipsScorer, psnr, ssim
+from ecad_ray.errors import UserError
+from ecad_ray.metrics.pairwise import LpipsScorer, psnr, ssim
 from ecad_ray.var.pruning import transformer_flops
 
 SETTINGS = {
@@ -94,18 +95,22 @@ def quality(pipe, n_images: int, backbone: str) -> dict[str, dict[str, float]]:
     """Mean PSNR / SSIM / LPIPS of each setting's images to the unpruned ones (same seeds)."""
     classes = [i % pipe.config.var.num_classes for i in range(n_images)]
     cond, seeds = pipe.conditions(classes=classes), list(range(100, 100 + n_images))
-    imgs = {name: pipe.generate(cond, seeds, ctrl).images_B3HW.permute(0, 2, 3, 1).numpy() for name, ctrl in SETTINGS.items()}
-    lp = LpipsScorer(backbone)
-    ref = list(imgs["unpruned"])
+    imgs = {name: _uint8(pipe.generate(cond, seeds, ctrl).images_B3HW) for name, ctrl in SETTINGS.items()}
+    lp = LpipsScorer(random_backbone=backbone == "random")  # the metrics' own scorer, as `ecad-ray metrics` uses
+    ref = imgs["unpruned"]
     out = {}
-    for name, arr in imgs.items():
-        cur = list(arr)
-        p = [psnr(a, b) for a, b in zip(ref, cur)]
+    for name, cur in imgs.items():
+        p = [psnr(a, b) for a, b in zip(cur, ref)]
         finite = [v for v in p if np.isfinite(v)]
         out[name] = {"psnr": float(np.mean(finite)) if finite else float("inf"),
-                     "ssim": float(np.mean([ssim(a, b) for a, b in zip(ref, cur)])),
-                     "lpips": float(np.mean(lp(ref, cur)))}
+                     "ssim": float(np.mean([ssim(a, b) for a, b in zip(cur, ref)])),
+                     "lpips": float(np.mean(lp(cur, ref)))}
     return out
+
+
+def _uint8(images_B3HW: torch.Tensor) -> np.ndarray:
+    """Images in [0, 1] as the uint8 BHWC arrays a run's PNGs hold (what the metrics score)."""
+    return (images_B3HW.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
 
 
 def main() -> None:
@@ -138,9 +143,9 @@ def main() -> None:
 
     timings = time_settings(bench, args.batch, args.repeats)
     try:
-        LpipsScorer("pretrained")
+        LpipsScorer()
         backbone = "pretrained"
-    except Exception:
+    except UserError:
         backbone = "random"
     qual = quality(load_var_model(args.quality_model), args.quality_images, backbone)
 
