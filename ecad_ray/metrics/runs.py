@@ -33,7 +33,7 @@ from ecad_ray.records import NOT_APPLIED, RESULTS_FILE
 
 RESULTS = RESULTS_FILE
 REQUIRED_COLUMNS = ("prompt_id", "prompt", "seed", "model", "schedule", "image_path")
-# Names the all-recompute (uncached) schedule goes by, tried in order when none is given.
+# Names the all-recompute (uncached) schedule, or the unpruned pruning, goes by: tried in order when none is given.
 REFERENCE_SCHEDULE_NAMES = ("none", "baseline", "all-recompute", "no-cache", "uncached", "default", "full")
 
 
@@ -148,21 +148,21 @@ def settings_of(root: Path, option: str = "RUN_DIR") -> list[tuple[str, str]]:
     return list(dict.fromkeys(zip(table.column("schedule").to_pylist(), table.column("pruning").to_pylist())))
 
 
-def pick_reference_schedule(schedules: Sequence[str], requested: str | None, option: str, kind: str = "schedule") -> str:
+def _pick_reference_name(names: Sequence[str], requested: str | None, option: str, kind: str) -> str:
     """The requested name, the only one, or the one named like the untouched baseline
-    (`kind` names what is picked: a schedule, or a pruning)."""
-    schedules = list(dict.fromkeys(schedules))
+    (`kind`: what is picked, a schedule or a pruning)."""
+    names = list(dict.fromkeys(names))
     if requested is not None:
-        if requested not in schedules:
-            raise UserError(f"{option} {requested}: no such {kind} (have {', '.join(schedules)})")
+        if requested not in names:
+            raise UserError(f"{option} {requested}: no such {kind} (have {', '.join(names)})")
         return requested
-    if len(schedules) == 1:
-        return schedules[0]
+    if len(names) == 1:
+        return names[0]
     for name in REFERENCE_SCHEDULE_NAMES:
-        if name in schedules:
+        if name in names:
             return name
     untouched = "all-recompute" if kind == "schedule" else "unpruned"
-    raise UserError(f"{option}: cannot tell which of {', '.join(schedules)} is the {untouched} reference; name it")
+    raise UserError(f"{option}: cannot tell which of {', '.join(names)} is the {untouched} reference; name it")
 
 
 def pick_reference(settings: Sequence[tuple[str, str]], schedule: str | None = None,
@@ -170,9 +170,8 @@ def pick_reference(settings: Sequence[tuple[str, str]], schedule: str | None = N
     """The reference (schedule, pruning): the schedule first (`--reference-schedule`, else the
     only one or the uncached one), then among that schedule's runs the pruning
     (`--reference-pruning`, else the only one or the unpruned one)."""
-    schedule = pick_reference_schedule([s for s, _ in settings], schedule, "--reference-schedule")
-    pruning = pick_reference_schedule([p for s, p in settings if s == schedule], pruning,
-                                      "--reference-pruning", "pruning")
+    schedule = _pick_reference_name([s for s, _ in settings], schedule, "--reference-schedule", "schedule")
+    pruning = _pick_reference_name([p for s, p in settings if s == schedule], pruning, "--reference-pruning", "pruning")
     return schedule, pruning
 
 
