@@ -110,8 +110,7 @@ def quality(pipe, n_images: int, lpips: LpipsScorer) -> tuple[dict[str, dict[str
         cond = pipe.conditions(classes=[i % pipe.config.var.num_classes for i in range(n_images)])
     imgs = {}
     for name, ctrl in SETTINGS.items():
-        x = pipe.generate(cond, seeds, ctrl).images_B3HW.permute(0, 2, 3, 1).numpy()
-        imgs[name] = np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
+        imgs[name] = _uint8(pipe.generate(cond, seeds, ctrl).images_B3HW)
     ref = imgs["unpruned"]
     out = {}
     for name, cur in imgs.items():
@@ -125,6 +124,11 @@ def quality(pipe, n_images: int, lpips: LpipsScorer) -> tuple[dict[str, dict[str
             fid = judge.score(prompts, cur)
             out[name].update(colour=fid.colour, shape=fid.shape)
     return out, imgs
+
+
+def _uint8(images_B3HW: torch.Tensor) -> np.ndarray:
+    """Images in [0, 1] as the uint8 BHWC arrays a run's PNGs hold (what the metrics score)."""
+    return (images_B3HW.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
 
 
 def main() -> None:

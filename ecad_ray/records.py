@@ -19,6 +19,7 @@ from ecad_ray.atomic import atomic_path, write_table_atomic
 from ecad_ray.prompts import safe_id
 
 PNG_KEY = "ecad-ray"
+RESULTS_FILE = "results.parquet"  # every run's table: `generate` and `var generate` alike
 RESULTS_SCHEMA = pa.schema(
     [
         ("prompt_index", pa.int64()),
@@ -28,13 +29,15 @@ RESULTS_SCHEMA = pa.schema(
         ("partition", pa.string()),
         ("seed", pa.int64()),
         ("model", pa.string()),
-        ("schedule", pa.string()),
+        ("schedule", pa.string()),  # ECAD caching schedule; "none" = uncached (every VAR run)
+        ("pruning", pa.string()),  # VAR per-scale pruning (the controller); "none" = unpruned (every DiT run)
         ("height", pa.int64()),
         ("width", pa.int64()),
         ("steps", pa.int64()),
         ("guidance_scale", pa.float64()),
         ("image_path", pa.string()),  # relative to the run folder
         ("seconds", pa.float64()),  # generation time per image (batch time / batch size)
+        ("macs", pa.float64()),  # transformer MACs of this image when it varies per image (VAR); else run.json's
     ]
 )
 
@@ -62,10 +65,18 @@ def read_png_record(path: Path) -> dict | None:
     return json.loads(text) if text else None
 
 
+NOT_APPLIED = "none"  # the schedule of an uncached run, the pruning of an unpruned one
+_DEFAULTS = {"schedule": NOT_APPLIED, "pruning": NOT_APPLIED, "partition": ""}
+
+
 def results_table(rows: list[dict]) -> pa.Table:
-    """Rows -> the results table, sorted by prompt then seed, with the fixed schema."""
+    """Rows -> the results table, sorted by prompt then seed, with the fixed schema.
+
+    One schema for `generate` (DiT) and `var generate` runs, so the metrics, the report and
+    `demo score` read both the same way: a row without a schedule or pruning gets "none"."""
     rows = sorted(rows, key=lambda r: (r["prompt_index"], r["seed"]))
-    return pa.Table.from_pylist([{k: r.get(k) for k in RESULTS_SCHEMA.names} for r in rows], schema=RESULTS_SCHEMA)
+    filled = [{k: r.get(k) if r.get(k) is not None else _DEFAULTS.get(k) for k in RESULTS_SCHEMA.names} for r in rows]
+    return pa.Table.from_pylist(filled, schema=RESULTS_SCHEMA)
 
 
 def write_results(rows: list[dict], path: Path) -> pa.Table:
@@ -73,3 +84,10 @@ def write_results(rows: list[dict], path: Path) -> pa.Table:
     table = results_table(rows)
     write_table_atomic(table, path)
     return table
+
+
+def setting_label(schedule: str, pruning: str) -> str:
+    """How tables and plots name what a run changed: its schedule (DiT), its pruning (VAR), both
+    joined by " + " when both apply, "none" for the untouched reference."""
+    applied = [name for name in (schedule, pruning) if name != NOT_APPLIED]
+    return " + ".join(applied) or NOT_APPLIED

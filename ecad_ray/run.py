@@ -26,13 +26,12 @@ from ecad_ray.models.families import generation_family
 from ecad_ray.models.loading import fetch_weights
 from ecad_ray.models.registry import ModelSpec, resolve_model
 from ecad_ray.prompts import Prompt, from_texts, read_prompt_file
-from ecad_ray.records import image_name, read_png_record, write_results
+from ecad_ray.records import RESULTS_FILE, image_name, read_png_record, write_results
 
 if TYPE_CHECKING:
     from ecad_ray.caching.schedule import Schedule
 
 RUN_FILE = "run.json"
-RESULTS_FILE = "results.parquet"
 ERROR_LOG = "logs/error.log"  # full traceback of the failure the terminal reported in one line
 # settings that, when they differ from an existing run.json, make its images unusable
 _IMAGE_KEYS = ("model", "height", "width", "steps", "guidance_scale", "negative_prompt", "schedule")

@@ -1,4 +1,5 @@
-"""`ecad-ray metrics RUN_DIR`: score a finished run and write metrics.parquet + summary.parquet."""
+"""`ecad-ray metrics RUN_DIR`: score a finished `generate` or `var generate` run (or a folder of
+runs) and write metrics.parquet + summary.parquet."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ def register(app: typer.Typer) -> None:
 
 
 def metrics(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory written by `ecad-ray generate`.")],
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by `ecad-ray generate` or `var generate`, or a folder of runs.")],
     metrics: Annotated[str, typer.Option("--metrics", help="Comma list of clip,lpips,psnr,ssim,fid,imagereward.")] = "clip,psnr,ssim,lpips,fid",
     reference: Annotated[Path | None, typer.Option(help="Run holding the reference images (default: RUN_DIR itself).")] = None,
     reference_schedule: Annotated[str | None, typer.Option(help="The all-recompute schedule (default: the only one or the one named baseline/none/...).")] = None,
+    reference_pruning: Annotated[str | None, typer.Option(help="The unpruned VAR pruning (default: the only one or none).")] = None,
     fid_ref: Annotated[str | None, typer.Option(help="FID reference: folder of images (subfolders = categories) or stats .npz (default: the reference schedule's images).")] = None,
     clip_model: Annotated[str, typer.Option(help="CLIP hub id or local folder.")] = "openai/clip-vit-base-patch32",
     imagereward_model: Annotated[str, typer.Option(help="ImageReward model name or checkpoint file.")] = "ImageReward-v1.0",
@@ -55,7 +57,7 @@ def metrics(
         fid_extractor=fid_extractor,
     )
     result = evaluate_run(
-        run_dir, config, reference, reference_schedule, fid_ref, batch_size, fid_cache
+        run_dir, config, reference, reference_schedule, fid_ref, batch_size, fid_cache, reference_pruning
     )
     console = Console()
     console.print(summary_rich_table(read_summary(run_dir), title=f"{run_dir}"))

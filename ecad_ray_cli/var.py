@@ -1,4 +1,7 @@
-"""`ecad-ray var generate|eval|spectra|train`: VAR next-scale generation with per-scale pruning."""
+"""`ecad-ray var generate|spectra|train`: VAR next-scale generation with per-scale pruning.
+
+A `var generate` run folder is scored like any run: `ecad-ray metrics`, `ecad-ray report`,
+`ecad-ray demo score` (the former `var eval` is one of those now)."""
 
 from __future__ import annotations
 
@@ -59,8 +62,7 @@ def generate(
     num_actors: Annotated[Optional[int], old_spelling("--num-actors", "--num-workers")] = None,
 ) -> None:
     """Generate images through the Ray Data plan, optionally pruned per scale."""
-    from ecad_ray.var.checkpoints import load_var_model
-    from ecad_ray.var.run import VarRunOptions, build_rows, parse_layer_range, read_prompt_file
+    from ecad_ray.var.run import VarRunOptions, parse_layer_range, plan_var_run
 
     num_images_per_prompt = resolve_alias(num_images_per_prompt, 1, images_per_condition, "--images-per-condition",
                                           "--num-images-per-prompt")
@@ -74,42 +76,13 @@ def generate(
     if batch_size < 1 or num_workers < 1:
         raise UserError("--batch-size / --num-workers: must be >= 1")
     spec = pruning_scales or controller or "none"
-    pipe = load_var_model(model, vae)  # fails fast in the driver, before Ray actors start
-    prompts = read_prompt_file(prompt_file) if prompt_file else None
-    labels = _parse_classes(classes)
-    if labels is None and prompts is None:
-        labels, prompts = default_conditions(pipe)
-    rows = build_rows(labels, prompts, num_images_per_prompt, start_seed)
     options = VarRunOptions(model=model, vae=vae, controller=spec, cfg=guidance_scale, top_k=top_k, top_p=top_p,
                             prune_layers=parse_layer_range(prune_layers), save_intermediates=save_intermediates,
                             spectra=spectra, device=device)
-    _check_options(pipe, options, rows)
+    rows = plan_var_run(options, _parse_classes(classes), prompt_file, num_images_per_prompt, start_seed)
     configs = launch_generate(rows, options, output_dir, num_workers, batch_size, address)
     secs = sum(c["seconds_per_image"] for c in configs) / max(len(configs), 1)
     typer.echo(f"{len(configs)} images -> {output_dir} (controller {spec}; {secs:.3f} s/image in the generators)")
-
-
-def default_conditions(pipe) -> tuple[list[int] | None, list[str] | None]:
-    """What `var generate` draws when no --classes / --prompt-file is given: every class of a
-    class-conditional model, the demo's held-out captions for a text-conditional one."""
-    if pipe.config.var.cond == "text":
-        from ecad_ray.shapes import heldout_captions
-
-        return None, heldout_captions()
-    return list(range(pipe.config.var.num_classes)), None
-
-
-def _check_options(pipe, options, rows) -> None:
-    """Fail fast in the driver (widths, layers, classes, prompts) before Ray actors start."""
-    from ecad_ray.var.controllers import make_controller
-
-    make_controller(options.controller, pipe.patch_nums)
-    if rows[0]["class_label"] >= 0:
-        pipe.conditions(classes=sorted({r["class_label"] for r in rows}))
-    else:
-        pipe.conditions(prompts=[r["prompt"] for r in rows])
-    if options.prune_layers and options.prune_layers[1] > pipe.config.var.depth:
-        raise UserError(f"--prune-layers: end {options.prune_layers[1]} is past the model's {pipe.config.var.depth} layers")
 
 
 def launch_generate(rows, options, output_dir, num_workers, batch_size, address=None):
@@ -120,54 +93,12 @@ def launch_generate(rows, options, output_dir, num_workers, batch_size, address=
                             address=address)
 
 
-@var_app.command("eval")
-def eval_cmd(
-    orig: Annotated[Path, typer.Option(help="Folder of the unpruned (original) images.")],
-    fast: Annotated[Path, typer.Option(help="Folder of the pruned images.")],
-    rl: Annotated[Optional[Path], typer.Option(help="Folder of RL-controlled images (optional).")] = None,
-    output: Annotated[Optional[Path], typer.Option(help="Parquet of per-image metrics (default: <fast>/var_eval.parquet).")] = None,
-    lpips_random_backbone: Annotated[bool, typer.Option("--lpips-random-backbone", help="LPIPS with a fixed random AlexNet (pnet_rand) when torchvision's weights are absent.")] = False,
-    clip_model: Annotated[Optional[str], typer.Option(help="CLIP for the CLIP score (hub id or folder; default openai/clip-vit-base-patch32).")] = None,
-    no_clip: Annotated[bool, typer.Option("--no-clip", help="Skip the CLIP score.")] = False,
-    device: Annotated[str, typer.Option(help="Device for LPIPS / CLIP.")] = "cpu",
-) -> None:
-    """PSNR / SSIM / LPIPS vs the original images, CLIP score with text prompts; table + Parquet."""
-    from ecad_ray.var.evaluation import EvalOptions, evaluate, summarize
-    from ecad_ray.atomic import write_bytes_atomic
-
-    others = {"fast": fast} | ({"rl": rl} if rl else {})
-    options = EvalOptions(lpips_backbone="random" if lpips_random_backbone else "pretrained",
-                          clip_model=clip_model, device=device)
-    if no_clip:
-        options = EvalOptions(options.lpips_backbone, "", device)
-    df = evaluate(orig, others, options, echo=typer.echo)
-    summary = summarize(df, {"orig": orig, **others})
-    _print_table(summary, f"VAR eval vs {orig} (LPIPS backbone: {options.lpips_backbone})")
-    target = output or (fast / "var_eval.parquet")
-    import io
-
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    write_bytes_atomic(target, buf.getvalue())
-    typer.echo(f"per-image metrics -> {target}")
-
-
-def _print_table(df, title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    for col in df.columns:
-        table.add_column(col, justify="right" if col != "set" else "left")
-    for _, row in df.iterrows():
-        table.add_row(*[_fmt(v) for v in row.tolist()])
-    Console(width=140).print(table)
-
-
-def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and v != v):
-        return "-"
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
+@var_app.command("eval", hidden=True, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def eval_cmd() -> None:
+    """Replaced by the shared metrics (kept so the old command says where to go)."""
+    raise UserError("var eval: VAR runs are scored like every run now: put the runs in one folder and run "
+                    "`ecad-ray metrics FOLDER --metrics psnr,ssim,lpips` (the unpruned run is the reference), "
+                    "then `ecad-ray report FOLDER`")
 
 
 @var_app.command("spectra")

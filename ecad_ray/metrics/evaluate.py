@@ -7,7 +7,9 @@ Two ways in, one way out:
   (the Ray plan's `MetricsStage`, `ds.iter_batches()`), so both write identical tables.
 
 FID's reference: `--fid-ref` (a folder of images or a stats `.npz`), else the reference
-schedule's own images in this run ("FID vs the all-recompute baseline", 0 for the baseline).
+setting's own images in this run ("FID vs the all-recompute / unpruned baseline", 0 for the
+baseline). A run's setting is its (schedule, pruning) pair (see `ecad_ray.metrics.runs`), so
+`generate` and `var generate` runs are scored the same way.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from ecad_ray.metrics.runs import (
     ReferenceImages,
     check_distinct_schedules,
     iter_result_batches,
-    pick_reference_schedule,
+    pick_reference,
     read_results,
-    schedules_of,
+    settings_of,
 )
+from ecad_ray.records import NOT_APPLIED, setting_label
 from ecad_ray.metrics.suite import MetricSuite
 from ecad_ray.atomic import write_table_atomic
 from ecad_ray.metrics.tables import SUMMARY_FILE, MetricsTableWriter, summarize
@@ -41,6 +44,7 @@ class Evaluation:
     reference_schedule: str | None
     fid_source: str | None
     load_errors: dict[str, str] = field(default_factory=dict)
+    reference_pruning: str = NOT_APPLIED
 
 
 def evaluate_run(
@@ -51,15 +55,18 @@ def evaluate_run(
     fid_ref: str | None = None,
     batch_size: int = 16,
     cache_dir: Path | None = None,
+    reference_pruning: str | None = None,
 ) -> Evaluation:
-    """Score every image of `run_dir` and write `metrics.parquet` and `summary.parquet` there."""
+    """Score every image of `run_dir` (a `generate` or `var generate` run, or a folder of them)
+    and write `metrics.parquet` and `summary.parquet` there."""
     run_dir = Path(run_dir)
     check_distinct_schedules(run_dir)
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: must be positive")
     if fid_ref is not None and config.wants("fid") and not Path(fid_ref).exists():
         raise UserError(f"--fid-ref {fid_ref}: no such folder or statistics file")
-    reference, ref_schedule = _reference(run_dir, config, reference_dir, reference_schedule)
+    reference, ref_setting = _reference(run_dir, config, reference_dir, reference_schedule, reference_pruning)
+    ref_schedule, ref_pruning = ref_setting or (None, NOT_APPLIED)
     suite = MetricSuite(config, reference)
     batches = (batch | suite.score(batch) for batch in iter_result_batches(run_dir, batch_size))
 
@@ -75,8 +82,9 @@ def evaluate_run(
         resolution=_resolution(run_dir),
         reference_seconds=reference.seconds_per_image if reference_dir and reference else None,
         cache_dir=cache_dir,
+        reference_pruning=ref_pruning,
     )
-    return Evaluation(metrics_path, summary_path, ref_schedule, fid_source, dict(suite.load_errors))
+    return Evaluation(metrics_path, summary_path, ref_schedule, fid_source, dict(suite.load_errors), ref_pruning)
 
 
 def write_metric_tables(
@@ -88,9 +96,11 @@ def write_metric_tables(
     resolution: tuple[int, int] | None = None,
     reference_seconds: float | None = None,
     cache_dir: Path | None = None,
+    reference_pruning: str = NOT_APPLIED,
 ) -> tuple[Path, Path, str | None]:
     """Write `metrics.parquet` from scored batches, then `summary.parquet` with FID and speedups.
 
+    The reference setting is (`reference_schedule`, `reference_pruning`).
     `extractor` (a `FeatureExtractor` or a function returning one) is only needed to compute
     reference statistics from a folder given as `fid_ref`.
     """
@@ -105,23 +115,25 @@ def write_metric_tables(
     references, source, fid_error = {}, None, None
     if writer.fid_stats:
         try:
-            references, source = _fid_references(writer, fid_ref, extractor, resolution, reference_schedule, cache_dir)
+            reference = (reference_schedule, reference_pruning)
+            references, source = _fid_references(writer, fid_ref, extractor, resolution, reference, cache_dir)
         except UserError as err:  # a bad reference costs the FID column, not the summary
             fid_error = err
-    summary = summarize(metrics_path, reference_schedule, writer.fid_stats, references.get, reference_seconds)
+    summary = summarize(metrics_path, reference_schedule, writer.fid_stats, references.get, reference_seconds,
+                        reference_pruning)
     summary_path = write_table_atomic(summary, Path(run_dir) / SUMMARY_FILE)
     if fid_error is not None:
         raise fid_error
     return metrics_path, summary_path, source
 
 
-def _fid_references(writer, fid_ref, extractor, resolution, reference_schedule, cache_dir):
+def _fid_references(writer, fid_ref, extractor, resolution, reference: tuple[str | None, str], cache_dir):
     """FID reference statistics per model, and where they came from.
 
     `fid_ref` (folder or `.npz`) serves every model; without it each model is compared with
-    its own reference schedule's images.
+    its own reference setting's images.
     """
-    models = {model for model, _, _ in writer.fid_stats}
+    models = {model for model, *_ in writer.fid_stats}
     if fid_ref is not None:
         if extractor is None:
             return {}, None
@@ -129,31 +141,33 @@ def _fid_references(writer, fid_ref, extractor, resolution, reference_schedule, 
         stats = load_reference(fid_ref, built, resolution, cache_dir or default_cache_dir())
         return dict.fromkeys(models, stats), stats.source
     references = {}
+    source = f"setting {setting_label(*reference)} of this run" if reference[0] is not None else None
     for model in models:
         own = {
             part: s.mean_cov()
-            for (m, schedule, part), s in writer.fid_stats.items()
-            if m == model and schedule == reference_schedule and s.n >= 2
+            for (m, schedule, pruning, part), s in writer.fid_stats.items()
+            if m == model and (schedule, pruning) == reference and s.n >= 2
         }
         if own:
-            references[model] = ReferenceStats(f"schedule {reference_schedule} of this run", own)
-    return references, f"schedule {reference_schedule} of this run" if references else None
+            references[model] = ReferenceStats(source, own)
+    return references, source if references else None
 
 
-def _reference(run_dir, config, reference_dir, reference_schedule):
-    """The reference images (when PSNR/SSIM/LPIPS need them) and the reference schedule name."""
+def _reference(run_dir, config, reference_dir, reference_schedule, reference_pruning):
+    """The reference images (when PSNR/SSIM/LPIPS need them) and the reference setting of this
+    run, (schedule, pruning), or None when the reference is another run or there is none."""
     source = Path(reference_dir) if reference_dir else run_dir
     option = "--reference" if reference_dir else "RUN_DIR"
     if config.needs_reference:
-        reference = ReferenceImages(source, reference_schedule, option)
-        own = None if reference_dir else reference.schedule
+        reference = ReferenceImages(source, reference_schedule, option, reference_pruning)
+        own = None if reference_dir else (reference.schedule, reference.pruning)
         return reference, own
     if reference_dir:
-        return ReferenceImages(source, reference_schedule, option), None
+        return ReferenceImages(source, reference_schedule, option, reference_pruning), None
     try:
-        return None, pick_reference_schedule(schedules_of(run_dir), reference_schedule, "--reference-schedule")
+        return None, pick_reference(settings_of(run_dir), reference_schedule, reference_pruning)
     except UserError:
-        if reference_schedule is not None:
+        if reference_schedule is not None or reference_pruning is not None:
             raise
         return None, None  # no baseline in the run: no speedup column, nothing else lost
 

@@ -50,6 +50,9 @@ _BACKBONE_FILES = {  # torchvision's ImageNet weights each LPIPS backbone starts
     "squeeze": "squeezenet1_1-b8a52dc0.pth",
 }
 _TORCHVISION_BUILDERS = {"alex": "alexnet", "vgg": "vgg16", "squeeze": "squeezenet1_1"}
+# Smallest side every backbone's pooling accepts (AlexNet needs 31 px, SqueezeNet 24, VGG 16):
+# smaller images (VAR's 8-16 px test and digits models) are upsampled to it, larger ones untouched.
+LPIPS_MIN_SIDE = 32
 
 
 class LpipsScorer:
@@ -60,6 +63,7 @@ class LpipsScorer:
     there; `random_backbone=True` uses an untrained backbone (lpips' `pnet_rand`, for tests:
     still 0 for identical images and larger for more different ones). Anything else is a
     `UserError` naming the file and both options, never a download attempt that hangs.
+    Pairs smaller than `LPIPS_MIN_SIDE` are compared after bilinear upsampling to it.
     """
 
     def __init__(
@@ -97,6 +101,10 @@ class LpipsScorer:
         """LPIPS per image pair (0 = identical), as float64 of shape (B,)."""
         a = _to_unit_range(images_BHWC, self.device)
         b = _to_unit_range(references_BHWC, self.device)
+        if min(a.shape[-2:]) < LPIPS_MIN_SIDE:
+            scale = LPIPS_MIN_SIDE / min(a.shape[-2:])
+            size = tuple(max(LPIPS_MIN_SIDE, round(side * scale)) for side in a.shape[-2:])
+            a, b = (torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False) for x in (a, b))
         return self.model(a, b).reshape(-1).double().cpu().numpy()
 
 

@@ -1,8 +1,10 @@
 """Show a scored run: the summary as a table, speed vs quality, and an image grid.
 
-`speed_quality.png` puts each schedule at (speedup, quality), one panel per quality metric the
-summary has, so the trade-off a schedule buys is visible at a glance. `grid.png` shows the same
-prompts and seeds (columns) under every schedule (rows), reference first.
+`speed_quality.png` puts each setting at (speedup, quality), one panel per quality metric the
+summary has, so the trade-off a setting buys is visible at a glance. `grid.png` shows the same
+prompts and seeds (columns) under every setting (rows), reference first. A setting is a DiT
+run's caching schedule or a VAR run's pruning (`ecad_ray.records.setting_label`), so both kinds
+of run are drawn the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ecad_ray.errors import UserError
 from ecad_ray.metrics.fid import load_rgb
 from ecad_ray.metrics.runs import resolve_image
 from ecad_ray.metrics.tables import METRICS_FILE, SUMMARY_FILE
+from ecad_ray.records import NOT_APPLIED, setting_label
 
 # quality column in summary.parquet -> (label, higher is better)
 QUALITY = {
@@ -54,9 +57,21 @@ _HEADERS = {
 }
 
 
+def _label(row: dict) -> str:
+    """The setting a summary or metrics row belongs to (tables written before `pruning`: none)."""
+    return setting_label(row["schedule"], row.get("pruning") or NOT_APPLIED)
+
+
+def _setting_header(rows: list[dict]) -> str:
+    """`schedule` for DiT runs, `pruning` for VAR runs, `setting` when a table mixes both."""
+    if all((r.get("pruning") or NOT_APPLIED) == NOT_APPLIED for r in rows):
+        return "schedule"
+    return "pruning" if all(r["schedule"] == NOT_APPLIED for r in rows) else "setting"
+
+
 def summary_rich_table(summary: pa.Table, title: str = "ecad-ray summary", partitions: bool = False):
-    """A rich `Table` of the per-schedule rows (reference first, then fastest first); with
-    `partitions`, one row per schedule and partition (COCO megabatch / category) instead."""
+    """A rich `Table` of the per-setting rows (reference first, then fastest first); with
+    `partitions`, one row per setting and partition (COCO megabatch / category) instead."""
     from rich.table import Table
 
     rows = [r for r in summary.to_pylist() if partitions or r["partition"] == ""]
@@ -66,13 +81,13 @@ def summary_rich_table(summary: pa.Table, title: str = "ecad-ray summary", parti
     keys = ["partition", *keys] if partitions else keys
     table = Table(title=title)
     for name in (*keys, *shown):
-        header = _HEADERS.get(name, name)
+        header = _setting_header(rows) if name == "schedule" else _HEADERS.get(name, name)
         if name in keys:
             table.add_column(header, overflow="fold")  # long schedule names wrap, numbers never do
         else:
             table.add_column(header, justify="right", no_wrap=True, min_width=len(header))
     for r in rows:
-        label = r["schedule"] + (" (ref)" if r["is_reference"] else "")
+        label = _label(r) + (" (ref)" if r["is_reference"] else "")
         firsts = [r["partition"] or "(all)"] if partitions else []
         firsts += [r["model"]] if "model" in keys else []
         table.add_row(*firsts, label, *(_fmt(r.get(c)) for c in shown))
@@ -90,7 +105,7 @@ def _fmt(value) -> str:
 
 
 def plot_speed_quality(summary: pa.Table, path: Path) -> Path | None:
-    """Scatter of speedup vs each quality metric per schedule; None when nothing to plot."""
+    """Scatter of speedup vs each quality metric per setting; None when nothing to plot."""
     rows = [r for r in summary.to_pylist() if r["partition"] == "" and r["speedup"] is not None]
     panels = [c for c in QUALITY if any(_finite(r.get(c)) for r in rows)]
     if not panels:
@@ -101,34 +116,36 @@ def plot_speed_quality(summary: pa.Table, path: Path) -> Path | None:
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    colors = {key: f"C{i % 10}" for i, key in enumerate(dict.fromkeys((r["model"], r["schedule"]) for r in rows))}
+    colors = {key: f"C{i % 10}" for i, key in enumerate(dict.fromkeys((r["model"], _label(r)) for r in rows))}
     for ax, col in zip(axes, panels):
         label, higher = QUALITY[col]
         for r in rows:
             if _finite(r.get(col)):
                 ax.scatter(r["speedup"], r[col], s=60 if r["is_reference"] else 40, marker="*" if r["is_reference"] else "o",
-                           color=colors[(r["model"], r["schedule"])])
-                ax.annotate(r["schedule"], (r["speedup"], r[col]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                           color=colors[(r["model"], _label(r))])
+                ax.annotate(_label(r), (r["speedup"], r[col]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel("speedup vs reference (x)")
         ax.set_ylabel(f"{label} ({'higher' if higher else 'lower'} is better)")
         ax.grid(alpha=0.3)
-    fig.suptitle("speed vs quality per schedule")
+    fig.suptitle(f"speed vs quality per {_setting_header(rows)}")
     fig.tight_layout()
     return _save(fig, path)
 
 
 def plot_grid(run_dir: Path, path: Path, n_prompts: int = 6) -> Path | None:
-    """Rows = schedules (reference first), columns = the first prompts/seeds all schedules share."""
+    """Rows = settings (reference first), columns = the first prompts/seeds all settings share."""
     run_dir = Path(run_dir)
     table_path = run_dir / METRICS_FILE
     if not table_path.is_file():
         return None
-    rows = pq.read_table(table_path, columns=["model", "schedule", "prompt_id", "seed", "prompt", "image_path"]).to_pylist()
+    have = pq.read_schema(table_path).names
+    wanted = ("model", "schedule", "pruning", "prompt_id", "seed", "prompt", "image_path")
+    rows = pq.read_table(table_path, columns=[c for c in wanted if c in have]).to_pylist()
     summary = read_summary(run_dir).to_pylist() if (run_dir / SUMMARY_FILE).is_file() else []
-    reference = {r["schedule"] for r in summary if r["is_reference"]}
+    reference = {_label(r) for r in summary if r["is_reference"]}
     by_key: dict[tuple, dict] = {}
     for r in rows:
-        by_key.setdefault((r["prompt_id"], r["seed"]), {})[(r["model"], r["schedule"])] = r
+        by_key.setdefault((r["prompt_id"], r["seed"]), {})[(r["model"], _label(r))] = r
     lines = sorted({k for keys in by_key.values() for k in keys}, key=lambda k: (k[1] not in reference, k))
     # pairs every line has; distinct prompts first (each prompt's first seed), then more seeds
     order, seeds_seen = [], {}
@@ -149,7 +166,7 @@ def plot_grid(run_dir: Path, path: Path, n_prompts: int = 6) -> Path | None:
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title(_short(record["prompt"]), fontsize=6)
+                ax.set_title(_short(record["prompt"] or record["prompt_id"]), fontsize=6)
             if j == 0:
                 ax.set_ylabel(line[1] if len({m for m, _ in lines}) == 1 else f"{line[0]}\n{line[1]}", fontsize=7)
     fig.tight_layout()

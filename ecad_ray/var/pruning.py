@@ -62,25 +62,30 @@ def computed_tokens(patch_nums: tuple[int, ...], depth: int, ratios: list[float]
 
 def transformer_flops(var_cfg, vocab_size: int, cvae: int, ratios: list[float],
                       layer_range: tuple[int, int] | None = None, cfg_rows: int = 2) -> list[float]:
-    """Multiply-add FLOPs (2 per MAC) per scale for one image, following what `run_blocks` does.
+    """Multiply-add FLOPs (2 per MAC) per scale for one image, following what a generation step does.
 
     Counts qkv/proj/FFN/attention per layer on the tokens it computes, against the keys it
-    sees, plus the word embedding and the vocabulary head on all of the scale's tokens.
-    `cfg_rows=2` counts CFG's doubled batch. A skipped scale (ratio >= 1) costs 0.
+    sees, and the vocabulary head on all of the scale's tokens, for each of CFG's `cfg_rows`
+    rows (conditional and null); the word embedding of the summed codes runs once per image,
+    before the rows are doubled, and not at scale 0 (whose input is the condition itself).
+    The adaLN modulations are computed once per batch, before the first scale, and are not a
+    scale's cost. A skipped scale (ratio >= 1) costs 0. `tests/var/test_var_flops.py` checks
+    these figures against the multiply-accumulates counted on the operators during a step.
     """
     C, depth = var_cfg.embed_dim, var_cfg.depth
     hidden = round(C * var_cfg.mlp_ratio)
     tokens = computed_tokens(var_cfg.patch_nums, depth, ratios, layer_range or default_layer_range(depth))
     kv_len = [0] * depth
     out = []
-    for pn, row in zip(var_cfg.patch_nums, tokens):
+    for si, (pn, row) in enumerate(zip(var_cfg.patch_nums, tokens)):
         if not any(row):
             out.append(0.0)
             continue
         l = pn * pn
-        macs = l * cvae * C + l * C * vocab_size  # word embedding + head
+        per_row = l * C * vocab_size  # head
         for li, n in enumerate(row):
             kv_len[li] += n
-            macs += n * (4 * C * C + 2 * C * hidden) + 2 * n * kv_len[li] * C
-        out.append(2.0 * macs * cfg_rows)
+            per_row += n * (4 * C * C + 2 * C * hidden) + 2 * n * kv_len[li] * C
+        word_embed = l * cvae * C if si > 0 else 0
+        out.append(2.0 * (per_row * cfg_rows + word_embed))
     return out

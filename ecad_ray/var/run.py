@@ -1,10 +1,15 @@
-"""One `var generate` run without Ray specifics: which items to make, how to make a batch of
-them, and the run-level files. The Ray plan (`actors.var_plan`) calls these; so can a plain loop.
+"""One `var generate` run without Ray specifics: which items to make (`plan_var_run`), how to
+make a batch of them (`BatchGenerator`), and the run-level files (`write_run_files`). The Ray
+plan (`actors.var_plan`) calls these; so can a plain loop (`generate_local`).
+
+Besides its own files (`config_all.json`, `metadata.json`, one folder per item) a run writes
+`results.parquet` in the table every run shares (`ecad_ray.records.RESULTS_SCHEMA`: schedule
+"none", pruning = the controller, MACs per image), so `ecad-ray metrics`, `report` and
+`demo score` read VAR runs exactly as they read `generate` runs.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,6 +18,8 @@ from typing import Any
 import torch
 
 from ecad_ray.errors import UserError
+from ecad_ray.prompts import Prompt, from_texts, read_prompt_file
+from ecad_ray.records import NOT_APPLIED, RESULTS_FILE, write_results
 from ecad_ray.var.controllers import Controller, describe, make_controller
 from ecad_ray.var.generation import VarPipeline
 from ecad_ray.var.outputs import item_files, item_name, write_json
@@ -23,6 +30,8 @@ ROW_COLUMNS = {
     "item_name": "folder name of the item's outputs (str)",
     "class_label": "class label, -1 when the item is prompted (int)",
     "prompt": "prompt text, '' when the item is class-conditioned (str)",
+    "prompt_id": "stable id of the condition: the prompt file's id, or class:<label> (str)",
+    "prompt_index": "position of the condition (prompt or class) in the run (int)",
     "seed": "seed of the item's own random generator (int)",
 }
 
@@ -61,38 +70,58 @@ def parse_layer_range(text: str | None, option: str = "--prune-layers") -> tuple
     return a, b
 
 
-def build_rows(classes: list[int] | None, prompts: list[str] | None, images_per_condition: int = 1,
+def build_rows(classes: list[int] | None, prompts: list[Prompt] | None, images_per_condition: int = 1,
                seed: int = 0) -> list[dict[str, Any]]:
     """One row per (condition, image): seeds run from `seed` for each condition."""
     if bool(classes) == bool(prompts):
         raise UserError("--classes / --prompt-file: give exactly one of them")
     if images_per_condition < 1:
-        raise UserError("--images-per-condition: must be >= 1")
+        raise UserError("--num-images-per-prompt: must be >= 1")
     rows = []
-    conds = [(int(c), "") for c in classes] if classes else [(-1, p) for p in prompts]
-    for ci, (label, prompt) in enumerate(conds):
+    conds = ([(int(c), "", f"class:{int(c)}") for c in classes] if classes
+             else [(-1, p.text, p.prompt_id) for p in prompts])
+    for ci, (label, prompt, prompt_id) in enumerate(conds):
         for k in range(images_per_condition):
             i = len(rows)
             s = seed + k
             rows.append({"index": i, "item_name": item_name(i, s, label if label >= 0 else None, f"{ci:03d}"),
-                         "class_label": label, "prompt": prompt, "seed": s})
+                         "class_label": label, "prompt": prompt, "prompt_id": prompt_id, "prompt_index": ci,
+                         "seed": s})
     return rows
 
 
-def read_prompt_file(path: str | Path) -> list[str]:
-    """Prompts from a text file (one per line) or JSON ({id: {"prompt": ...}} or a list)."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"--prompt-file {path}: not found")
-    text = path.read_text()
-    if path.suffix == ".json":
-        data = json.loads(text)
-        prompts = [v["prompt"] if isinstance(v, dict) else v for v in (data.values() if isinstance(data, dict) else data)]
+def default_conditions(pipe: VarPipeline) -> tuple[list[int] | None, list[Prompt] | None]:
+    """What a run draws when given no classes and no prompts: every class of a class-conditional
+    model, the demo's held-out captions for a text-conditional one."""
+    if pipe.config.var.cond == "text":
+        from ecad_ray.shapes import heldout_captions
+
+        return None, from_texts(heldout_captions())
+    return list(range(pipe.config.var.num_classes)), None
+
+
+def plan_var_run(options: VarRunOptions, classes: list[int] | None = None, prompt_file: str | Path | None = None,
+                 images_per_condition: int = 1, seed: int = 0) -> list[dict[str, Any]]:
+    """The rows of a `var generate` run, checked in the driver before any Ray actor starts.
+
+    Loads the model once to check what only it can tell (pruning widths, layer range, class
+    labels, prompts) and to pick the default conditions; a bad value is a `UserError` naming
+    its option."""
+    from ecad_ray.var.checkpoints import load_var_model
+
+    pipe = load_var_model(options.model, options.vae)
+    prompts = read_prompt_file(prompt_file) if prompt_file else None
+    if classes is None and prompts is None:
+        classes, prompts = default_conditions(pipe)
+    rows = build_rows(classes, prompts, images_per_condition, seed)
+    make_controller(options.controller, pipe.patch_nums)
+    if rows[0]["class_label"] >= 0:
+        pipe.conditions(classes=sorted({r["class_label"] for r in rows}))
     else:
-        prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    if not prompts:
-        raise UserError(f"--prompt-file {path}: no prompts in it")
-    return [str(p) for p in prompts]
+        pipe.conditions(prompts=[r["prompt"] for r in rows])
+    if options.prune_layers and options.prune_layers[1] > pipe.config.var.depth:
+        raise UserError(f"--prune-layers: end {options.prune_layers[1]} is past the model's {pipe.config.var.depth} layers")
+    return rows
 
 
 @dataclass
@@ -144,11 +173,15 @@ class BatchGenerator:
             config = {
                 "item_name": row["item_name"], "model": self.options.model, "model_config": pipe.config.name,
                 "class_label": labels[b] if labels[b] >= 0 else None, "prompt": row["prompt"] or None,
+                "class_name": class_name(vcfg.class_names, labels[b]),
+                "prompt_id": row["prompt_id"], "prompt_index": int(row["prompt_index"]),
+                "image_size": pipe.config.image_size,
                 "condition": int(cond[b]) if cond.ndim == 1 else None, "seed": seeds[b],
                 "controller": describe(self.controller), "widths": list(pipe.patch_nums),
                 "ratios": result.ratios, "skipped_widths": [r.width for r in result.records if r.skipped],
                 "prune_layers": list(pipe.layer_range), "sampling": asdict(pipe.sampling),
                 "transformer_gflops": sum(flops) / 1e9, "transformer_gflops_unpruned": sum(flops_full) / 1e9,
+                "transformer_macs": sum(flops) / 2,
                 "batch_size": len(rows), "batch_seconds": wall, "transformer_seconds": result.transformer_seconds,
                 "decode_seconds": result.decode_seconds,
                 # generation proper: all scales + the final decode, without intermediates/spectra work
@@ -158,9 +191,30 @@ class BatchGenerator:
         return out
 
 
+def class_name(names: tuple[str, ...], label: int) -> str | None:
+    """A class item's name (`class 7` when the model names none); None for a prompted item."""
+    if label < 0:
+        return None
+    return names[label] if label < len(names) else f"class {label}"
+
+
+def result_row(config: dict[str, Any]) -> dict[str, Any]:
+    """An item's row in the shared results table: uncached (schedule "none"), pruned as its
+    controller says; a class item's prompt is its class name (what CLIP or a judge reads)."""
+    return {
+        "prompt_index": config["prompt_index"], "prompt_id": config["prompt_id"],
+        "prompt": config["prompt"] or config["class_name"], "partition": "", "seed": config["seed"],
+        "model": config["model"], "schedule": NOT_APPLIED, "pruning": config["controller"],
+        "height": config["image_size"], "width": config["image_size"], "guidance_scale": config["sampling"]["cfg"],
+        "image_path": f"{config['item_name']}/image.png", "seconds": config["seconds_per_image"],
+        "macs": config["transformer_macs"],
+    }
+
+
 def write_run_files(out_dir: str | Path, options: VarRunOptions, configs: list[dict[str, Any]], wall_seconds: float,
                     extra: dict[str, Any] | None = None) -> None:
-    """`config_all.json` (options + every item's config) and `metadata.json` (prompts for eval)."""
+    """`config_all.json` (options + every item's config), `metadata.json` (prompt and class per
+    item) and `results.parquet` (the table every run shares), each written atomically."""
     out_dir = Path(out_dir)
     configs = sorted(configs, key=lambda c: c["item_name"])
     write_json(out_dir / "config_all.json", {
@@ -168,6 +222,7 @@ def write_run_files(out_dir: str | Path, options: VarRunOptions, configs: list[d
         **(extra or {}), "items": configs})
     write_json(out_dir / "metadata.json", {
         c["item_name"]: {"prompt": c["prompt"], "class": c["class_label"], "seed": c["seed"]} for c in configs})
+    write_results([result_row(c) for c in configs], out_dir / RESULTS_FILE)
 
 
 def generate_local(rows: list[dict[str, Any]], options: VarRunOptions, output_dir: str | Path,

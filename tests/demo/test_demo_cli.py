@@ -4,10 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 from PIL import Image
 from typer.testing import CliRunner
 
+from ecad_ray.records import write_results
 from ecad_ray.shapes import render_captions
 from ecad_ray_cli.main import app
 
@@ -20,8 +20,9 @@ def _fake_run(folder: Path, captions, images, schedule=None) -> Path:
     for i, (caption, image) in enumerate(zip(captions, images)):
         rel = f"images/{i:03d}.png"
         Image.fromarray(image).save(folder / rel)
-        rows.append({"prompt": caption, "image_path": rel, "schedule": schedule or "none"})
-    pd.DataFrame(rows).to_parquet(folder / "results.parquet")
+        rows.append({"prompt_index": i, "prompt_id": str(i), "prompt": caption, "seed": 0, "model": "demo",
+                     "image_path": rel, "schedule": schedule or "none"})
+    write_results(rows, folder / "results.parquet")
     return folder
 
 
@@ -46,7 +47,8 @@ def test_score_without_results_table_is_one_line_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ecad_ray_cli", "demo", "score", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines() == [f"error: {tmp_path}: no results.parquet; give the folder of an `ecad-ray generate` run"]
+    assert proc.stderr.strip().splitlines() == [f"error: RUN_DIR {tmp_path}: no results.parquet in it nor in its "
+                                                "subfolders (not a `generate` or `var generate` run?)"]
 
 
 def test_train_passes_options_to_the_trainer(tmp_path, monkeypatch):

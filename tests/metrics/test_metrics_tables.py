@@ -68,6 +68,8 @@ def test_tables_have_the_fixed_schema_and_known_values(study, clip_dir):
     assert metrics.schema.equals(METRICS_SCHEMA, check_metadata=True)
     assert summary.schema.equals(SUMMARY_SCHEMA, check_metadata=True)
     assert metrics.num_rows == 12 and metrics.column("metric_error").null_count == 12
+    # a DiT run is unpruned: its rows and summary name pruning "none" (VAR runs fill the column)
+    assert set(metrics.column("pruning").to_pylist()) == {"none"} == set(summary.column("pruning").to_pylist())
     rows = metrics.to_pylist()
     ref_rows = [r for r in rows if r["schedule"] == "none"]
     fast_rows = [r for r in rows if r["schedule"] == "fast"]

@@ -1,12 +1,11 @@
 """`ecad-ray var ...`: options reach the plan exactly; one real Ray run on a random tiny model,
-then spectra plots and the Original-vs-pruned evaluation on its outputs; one-line errors."""
+then spectra plots on its outputs; one-line errors."""
 
 import dataclasses
 import json
 import subprocess
 import sys
 
-import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -120,16 +119,8 @@ def test_end_to_end_generate_spectra_eval(tmp_path):
     assert result.exit_code == 0, result.output
     assert len(list((fast / "spectra_plots").glob("*.png"))) == 2 * 2  # items x (pixel, latent)
 
-    result = runner.invoke(app, ["var", "eval", "--orig", str(orig), "--fast", str(fast), "--rl", str(orig),
-                                 "--lpips-random-backbone", "--output", str(tmp_path / "ev.parquet")])
-    assert result.exit_code == 0, result.output
-    df = pd.read_parquet(tmp_path / "ev.parquet")
-    assert len(df) == 4 and set(df["set"]) == {"fast", "rl"}
-    rl, fst = df[df["set"] == "rl"], df[df["set"] == "fast"]
-    assert (rl["psnr"] == float("inf")).all() and (rl["lpips"].abs() < 1e-6).all() and (rl["ssim"] > 0.999).all()
-    assert (fst["lpips"] > 0).all() and (fst["psnr"] < 60).all()
-    assert df["clip_score"].isna().all()  # class-conditioned: no text prompts
-    assert "fast" in result.output and "speedup" in result.output
+    # the pruned run is scored against the unpruned one by the shared metrics (tests/var/test_var_metrics.py)
+    assert (fast / "results.parquet").is_file() and (orig / "results.parquet").is_file()
 
 
 def test_train_command_runs_a_short_training(tmp_path, monkeypatch):
