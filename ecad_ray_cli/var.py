@@ -205,3 +205,8 @@ def train_cmd(
 def register(app: typer.Typer) -> None:
     """Attach `var` to the root CLI."""
     app.add_typer(var_app, name="var")
+
+
+from ecad_ray_cli.var_rl import rl_app  # noqa: E402  (`var rl train|frontier`)
+
+var_app.add_typer(rl_app, name="rl")

@@ -155,10 +155,10 @@ class Rollouts:
 
 def policy_gradient_loss(policy: Policy, groups: list[dict[str, Any]], entropy_coef: float) -> tuple[torch.Tensor, float]:
     """(loss, mean entropy): -advantage x log-prob over every decision with a real choice."""
-    feats = torch.from_numpy(np.concatenate([g["features"] for g in groups])).float()
-    masks = torch.from_numpy(np.concatenate([g["masks"] for g in groups]))
-    actions = torch.from_numpy(np.concatenate([g["actions"] for g in groups]))
-    adv = torch.cat([group_advantages(torch.from_numpy(g["rewards"]).float())[torch.from_numpy(g["items"])]
+    feats = torch.tensor(np.concatenate([g["features"] for g in groups])).float()  # copies: Ray's arrays are read-only
+    masks = torch.tensor(np.concatenate([g["masks"] for g in groups]))
+    actions = torch.tensor(np.concatenate([g["actions"] for g in groups]))
+    adv = torch.cat([group_advantages(torch.tensor(g["rewards"]).float())[torch.tensor(g["items"])]
                      for g in groups])
     choice = masks.sum(dim=1) > 1  # a forced action carries no gradient
     if not bool(choice.any()):
@@ -204,4 +204,4 @@ def update(policy: Policy, optimizer: torch.optim.Optimizer, rollout: RolloutFn,
             "mean_reward": float(np.mean([g["rewards"].mean() for g in groups])),
             "fidelity": float(np.mean([g["fidelity"].mean() for g in groups])),
             "flops_share": float(np.mean([g["flops_share"].mean() for g in groups])),
-            "loss": float(loss), "entropy": entropy}
+            "loss": float(loss.detach()), "entropy": entropy}

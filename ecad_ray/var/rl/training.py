@@ -68,7 +68,9 @@ def _start(pipe, config: TrainConfig, weights: Path, resume: bool):
     if weights.exists() and not resume:
         raise UserError(f"--output-dir {weights.parent}: already holds {POLICY_FILE}; pass --resume to continue it")
     if not resume or not weights.exists():
-        policy = Policy(make_policy_config(pipe, config))
+        with torch.random.fork_rng():  # the initial weights depend on --seed only
+            torch.manual_seed(config.seed)
+            policy = Policy(make_policy_config(pipe, config))
         return policy, torch.optim.Adam(policy.parameters(), lr=config.lr), []
     policy, doc, optim = load_policy(weights, "--resume")
     saved = doc.get("train_config", {})
