@@ -70,7 +70,7 @@ def generate(
     if pruning_scales and controller:
         raise UserError("--pruning-scales / --controller: give one of them, not both")
     if controller not in (None, "default", "none") and not controller.startswith("rl:"):
-        raise UserError(f"--controller {controller}: choose default, none or rl:POLICY (or use --pruning-scales)")
+        raise UserError(f"--controller {controller}: choose default or none, or rl:POLICY.safetensors (or use --pruning-scales)")
     if batch_size < 1 or num_workers < 1:
         raise UserError("--batch-size / --num-workers: must be >= 1")
     spec = pruning_scales or controller or "none"
