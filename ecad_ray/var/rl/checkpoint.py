@@ -20,6 +20,12 @@ from ecad_ray.errors import UserError
 from ecad_ray.var.rl.policy import Policy, PolicyConfig
 
 OPTIM_PREFIX = "optim."
+SHIPPED = {"demo-var": Path(__file__).resolve().parents[1] / "assets" / "demo-var-rl.safetensors"}  # rl:demo-var
+
+
+def resolve(weights: str | Path) -> Path:
+    """A policy file, or the name of a shipped one (`rl:demo-var`: the demo VAR's policy)."""
+    return SHIPPED.get(str(weights), Path(weights))
 
 
 def meta_path(weights: str | Path) -> Path:
@@ -46,7 +52,7 @@ def save_policy(weights: str | Path, policy: Policy, meta: dict[str, Any],
 
 def read_meta(weights: str | Path, option: str = "--controller") -> dict[str, Any]:
     """The JSON beside a policy file; one-line errors when either file is missing or broken."""
-    weights = Path(weights)
+    weights = resolve(weights)
     if not weights.exists():
         raise UserError(f"{option} rl:{weights}: policy file not found")
     meta = meta_path(weights)
@@ -63,7 +69,7 @@ def load_policy(weights: str | Path, option: str = "--controller") -> tuple[Poli
     doc = read_meta(weights, option)
     try:
         config = PolicyConfig.from_dict(doc["config"])
-        tensors = load_tensors(Path(weights).read_bytes())
+        tensors = load_tensors(resolve(weights).read_bytes())
     except Exception as err:  # a file of another kind, or a JSON of another version
         raise UserError(f"{option} rl:{weights}: not a pruning policy ({err})") from None
     policy = Policy(config)
