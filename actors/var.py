@@ -39,11 +39,20 @@ class VarGenerator(Stage):
     consumes = ROW_COLUMNS
     produces = GENERATED_COLUMNS
 
-    def __init__(self, options: dict[str, Any]):
+    def __init__(self, options: dict[str, Any], controller_actor: str | None = None):
+        """`controller_actor`: name of the `ControllerActor` serving an rl: policy (one round
+        trip per scale for the whole batch); None runs the policy in this process."""
         opts = dict(options)
         if opts.get("prune_layers") is not None:
             opts["prune_layers"] = tuple(opts["prune_layers"])
-        self.generate = BatchGenerator(VarRunOptions(**opts))
+        act = None
+        if controller_actor:
+            import ray
+
+            from actors.controller import ActorAct
+
+            act = ActorAct(ray.get_actor(controller_actor))
+        self.generate = BatchGenerator(VarRunOptions(**opts), policy_act=act)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = self.check(batch)

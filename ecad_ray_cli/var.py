@@ -43,7 +43,7 @@ def generate(
     classes: Annotated[Optional[str], typer.Option(help="Comma-separated class labels, e.g. 0,3,7 (default, without --prompt-file: every class, or the demo captions for a text model).")] = None,
     prompt_file: Annotated[Optional[Path], typer.Option(help="Prompts: one per line, or JSON {id: {\"prompt\": ...}}.")] = None,
     pruning_scales: Annotated[Optional[str], typer.Option(help="Ratios by map width, e.g. '8:0.5,16:1.0' (>= 1 skips the scale).")] = None,
-    controller: Annotated[Optional[str], typer.Option(help="default (seed tail pattern 0.3,0.4,1,1,0.8,1) | none.")] = None,
+    controller: Annotated[Optional[str], typer.Option(help="default (seed tail pattern 0.3,0.4,1,1,0.8,1) | none | rl:POLICY.safetensors[@BUDGET] (a trained policy, see `var rl train`).")] = None,
     num_images_per_prompt: NumImagesPerPrompt = 1,
     start_seed: StartSeed = 0,
     guidance_scale: GuidanceScale = None,
@@ -71,8 +71,8 @@ def generate(
     num_workers = resolve_alias(num_workers, 1, num_actors, "--num-actors", "--num-workers")
     if pruning_scales and controller:
         raise UserError("--pruning-scales / --controller: give one of them, not both")
-    if controller not in (None, "default", "none"):
-        raise UserError(f"--controller {controller}: choose default or none (or use --pruning-scales)")
+    if controller not in (None, "default", "none") and not controller.startswith("rl:"):
+        raise UserError(f"--controller {controller}: choose default or none, or rl:POLICY.safetensors (or use --pruning-scales)")
     if batch_size < 1 or num_workers < 1:
         raise UserError("--batch-size / --num-workers: must be >= 1")
     spec = pruning_scales or controller or "none"
@@ -133,3 +133,8 @@ def train_cmd(
 def register(app: typer.Typer) -> None:
     """Attach `var` to the root CLI."""
     app.add_typer(var_app, name="var")
+
+
+from ecad_ray_cli.var_rl import rl_app  # noqa: E402  (`var rl train|frontier`)
+
+var_app.add_typer(rl_app, name="rl")

@@ -22,6 +22,7 @@ from ecad_ray.prompts import Prompt, from_texts, read_prompt_file
 from ecad_ray.records import NOT_APPLIED, RESULTS_FILE, write_results
 from ecad_ray.var.controllers import Controller, describe, make_controller
 from ecad_ray.var.generation import VarPipeline
+from ecad_ray.var.items import generate_items
 from ecad_ray.var.outputs import item_files, item_name, write_json
 from ecad_ray.var.pruning import transformer_flops
 
@@ -42,7 +43,7 @@ class VarRunOptions:
 
     model: str = "demo-var"  # demo-var | random:<preset> | .safetensors | FoundationVision .pth / folder
     vae: str | None = None  # FoundationVision tokenizer checkpoint when `model` is a .pth
-    controller: str = "none"  # none | default (seed tail pattern) | "width:ratio,..."
+    controller: str = "none"  # none | default (seed tail pattern) | "width:ratio,..." | rl:POLICY[@BUDGET]
     cfg: float | None = None  # CFG scale override (None = the model's default)
     top_k: int | None = None  # top-k override
     top_p: float | None = None  # top-p override
@@ -114,7 +115,7 @@ def plan_var_run(options: VarRunOptions, classes: list[int] | None = None, promp
     if classes is None and prompts is None:
         classes, prompts = default_conditions(pipe)
     rows = build_rows(classes, prompts, images_per_condition, seed)
-    make_controller(options.controller, pipe.patch_nums)
+    make_controller(options.controller, pipe.patch_nums, pipe)
     if rows[0]["class_label"] >= 0:
         pipe.conditions(classes=sorted({r["class_label"] for r in rows}))
     else:
@@ -129,6 +130,7 @@ class BatchGenerator:
     """Loads the generator once and turns batches of rows into item files + configs."""
 
     options: VarRunOptions
+    policy_act: Any = None  # where an rl: policy runs (the controller actor's proxy); None = in process
     pipeline: VarPipeline = field(init=False)
     controller: Controller = field(init=False)
 
@@ -147,7 +149,7 @@ class BatchGenerator:
                 raise UserError(f"--prune-layers: end {end} is past the model's {pipe.config.var.depth} layers")
             pipe.layer_range = self.options.prune_layers
         self.pipeline = pipe
-        self.controller = make_controller(self.options.controller, pipe.patch_nums)
+        self.controller = make_controller(self.options.controller, pipe.patch_nums, pipe, self.policy_act)
 
     def __call__(self, rows: list[dict[str, Any]]) -> list[tuple[str, dict[str, bytes], dict[str, Any]]]:
         """(item_name, files, config) for each row, generated as one batch."""
@@ -162,13 +164,21 @@ class BatchGenerator:
         seeds = [int(r["seed"]) for r in rows]
         keep = self.options.save_intermediates or self.options.spectra
         t0 = time.perf_counter()
-        result = pipe.generate(cond, seeds, self.controller, keep_intermediates=keep)
+        if getattr(self.controller, "per_item", False):  # one ratio per item: the RL policy
+            if keep:
+                raise UserError("--save-intermediates / --spectra: not available with an rl: controller yet")
+            result = generate_items(pipe, cond, seeds, self.controller)
+            item_ratios, controller_seconds = result.item_ratios, result.controller_seconds
+        else:
+            result = pipe.generate(cond, seeds, self.controller, keep_intermediates=keep)
+            item_ratios, controller_seconds = [result.ratios] * len(rows), 0.0
         wall = time.perf_counter() - t0
         vq, vcfg = pipe.config.vqvae, pipe.config.var
-        flops = transformer_flops(vcfg, vq.vocab_size, vq.z_channels, result.ratios, pipe.layer_range)
         flops_full = transformer_flops(vcfg, vq.vocab_size, vq.z_channels, [0.0] * len(pipe.patch_nums), pipe.layer_range)
         out = []
         for b, row in enumerate(rows):
+            ratios = item_ratios[b]
+            flops = transformer_flops(vcfg, vq.vocab_size, vq.z_channels, ratios, pipe.layer_range)
             files = item_files(result, b, self.options.save_intermediates, self.options.spectra)
             config = {
                 "item_name": row["item_name"], "model": self.options.model, "model_config": pipe.config.name,
@@ -178,12 +188,12 @@ class BatchGenerator:
                 "image_size": pipe.config.image_size,
                 "condition": int(cond[b]) if cond.ndim == 1 else None, "seed": seeds[b],
                 "controller": describe(self.controller), "widths": list(pipe.patch_nums),
-                "ratios": result.ratios, "skipped_widths": [r.width for r in result.records if r.skipped],
+                "ratios": ratios, "skipped_widths": [w for w, r in zip(pipe.patch_nums, ratios) if r >= 1],
                 "prune_layers": list(pipe.layer_range), "sampling": asdict(pipe.sampling),
                 "transformer_gflops": sum(flops) / 1e9, "transformer_gflops_unpruned": sum(flops_full) / 1e9,
                 "transformer_macs": sum(flops) / 2,
                 "batch_size": len(rows), "batch_seconds": wall, "transformer_seconds": result.transformer_seconds,
-                "decode_seconds": result.decode_seconds,
+                "decode_seconds": result.decode_seconds, "controller_seconds": controller_seconds,
                 # generation proper: all scales + the final decode, without intermediates/spectra work
                 "seconds_per_image": (result.transformer_seconds + result.decode_seconds) / len(rows),
             }

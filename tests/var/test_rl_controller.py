@@ -1,0 +1,114 @@
+"""The RL controller: per-item generation, local vs actor policy, no-pruning policy, bad inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ecad_ray.errors import UserError
+from ecad_ray.var.checkpoints import load_var_model
+from ecad_ray.var.controllers import NoPruning, TailPattern, make_controller, parse_rl_spec
+from ecad_ray.var.items import generate_items
+from ecad_ray.var.rl.checkpoint import policy_controller, save_policy
+from ecad_ray.var.rl.policy import Policy, PolicyConfig
+from ecad_ray.var.rl.state import ModelFacts, check_budget, flops_share, parse_actions
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.manual_seed(0)
+    return load_var_model("random:tiny")
+
+
+def make_policy(pipe, path, seed=0, force_action=None, budgets=(1.0,), min_scale_share=0.0):
+    """A policy with random weights (varied choices), or one forced to one action."""
+    facts = ModelFacts.of(pipe)
+    cfg = PolicyConfig("random:tiny", facts.patch_nums, facts.cond, facts.cond_dim, parse_actions("0,0.25,0.5,0.75,skip"),
+                       budgets, min_scale_share, 16)
+    torch.manual_seed(seed)
+    policy = Policy(cfg)
+    last = policy.net[-1]
+    if force_action is None:
+        torch.nn.init.normal_(last.weight, std=3.0)
+    else:
+        last.bias.data[force_action] = 100.0
+    save_policy(path, policy, {"step": 0})
+    return path
+
+
+def test_per_item_ratios_match_each_item_generated_alone(pipe):
+    """Items with different ratios in one batch get the images they would get alone."""
+    plans = {0: [0.0, 0.0, 0.5, 1.0], 1: [0.0, 0.0, 0.0, 0.0], 2: [0.0, 0.0, 0.5, 0.25]}
+
+    class PerItem:
+        per_item = True
+
+        def ratio(self, si, n, view):
+            return [plans[b][si] for b in range(3)]
+
+    cond = pipe.conditions(classes=[1, 2, 3])
+    batch = generate_items(pipe, cond, [5, 6, 7], PerItem())
+    assert batch.item_ratios == [plans[0], plans[1], plans[2]]
+    for b in range(3):
+        alone = generate_items(pipe, cond[b:b + 1], [5 + b], type("Fixed", (), {"ratio": lambda s, si, n, v: plans[b][si]})())
+        torch.testing.assert_close(batch.images_B3HW[b], alone.images_B3HW[0], atol=1e-5, rtol=0)
+
+
+def test_uniform_answer_is_the_one_shot_path(pipe):
+    cond = pipe.conditions(classes=[0, 4])
+    ours = generate_items(pipe, cond, [1, 2], TailPattern((0.5, 1.0)))
+    theirs = pipe.generate(cond, [1, 2], TailPattern((0.5, 1.0)))
+    assert torch.equal(ours.images_B3HW, theirs.images_B3HW)
+
+
+def test_no_pruning_policy_reproduces_unpruned_images_bit_for_bit(pipe, tmp_path):
+    controller = policy_controller(make_policy(pipe, tmp_path / "p.safetensors", force_action=0), pipe)
+    cond = pipe.conditions(classes=[0, 3, 7, 9])
+    result = generate_items(pipe, cond, [0, 1, 2, 3], controller)
+    reference = pipe.generate(cond, [0, 1, 2, 3], NoPruning())
+    assert result.item_ratios == [[0.0] * 4] * 4
+    assert torch.equal(result.images_B3HW, reference.images_B3HW)
+
+
+def test_budget_mask_keeps_every_item_within_budget(pipe, tmp_path):
+    path = make_policy(pipe, tmp_path / "p.safetensors", force_action=0, budgets=(0.4,))
+    controller = policy_controller(path, pipe)  # wants full scales, the budget forbids them
+    result = generate_items(pipe, pipe.conditions(classes=[0, 1]), [0, 1], controller)
+    facts = ModelFacts.of(pipe)
+    shares = [flops_share(facts, r) for r in result.item_ratios]
+    assert all(0 < s <= 0.4 + 1e-9 for s in shares), shares
+    assert controller.describe().endswith("@0.4")
+
+
+def test_local_and_actor_controllers_give_the_same_ratios(pipe, tmp_path, ray_local):
+    from actors.controller import ActorAct, start_controller_actor
+
+    path = make_policy(pipe, tmp_path / "p.safetensors", seed=3)
+    cond = pipe.conditions(classes=list(range(8)))
+    local = generate_items(pipe, cond, list(range(8)), policy_controller(path, pipe))
+    handle = start_controller_actor(str(path), "test-controller")
+    try:
+        remote = generate_items(pipe, cond, list(range(8)), policy_controller(path, pipe, act=ActorAct(handle)))
+    finally:
+        ray_local.kill(handle)
+    assert len({tuple(r) for r in local.item_ratios}) > 1  # the policy does pick per item
+    assert remote.item_ratios == local.item_ratios
+    assert torch.equal(remote.images_B3HW, local.images_B3HW)
+
+
+def test_bad_inputs_give_one_line(pipe, tmp_path):
+    with pytest.raises(UserError, match="--actions '0,half'.*'half'"):
+        parse_actions("0,half")
+    with pytest.raises(UserError, match="must include 0"):
+        parse_actions("0.5,skip")
+    for bad in (0.0, 1.5, -0.2):
+        with pytest.raises(UserError, match=r"--flops-budget .*\(0, 1\]"):
+            check_budget(bad)
+    with pytest.raises(UserError, match=r"budget 2 must be in \(0, 1\]"):
+        parse_rl_spec("rl:p.safetensors@2")
+    with pytest.raises(UserError, match="policy file not found"):
+        make_controller(f"rl:{tmp_path}/missing.safetensors", pipe.patch_nums, pipe)
+    path = make_policy(pipe, tmp_path / "p.safetensors")
+    other = load_var_model("random:demo-var")
+    with pytest.raises(UserError, match="trained for scales 1,2,3,4, this model has 1,2,3,4,6,8"):
+        make_controller(f"rl:{path}", other.patch_nums, other)

@@ -1,0 +1,75 @@
+"""`var rl frontier` and the CLI's one-line errors for the RL commands."""
+
+from __future__ import annotations
+
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from ecad_ray.var.checkpoints import load_var_model
+from ecad_ray.var.rl.checkpoint import save_policy
+from ecad_ray.var.rl.frontier import run_frontier
+from ecad_ray.var.rl.policy import Policy, PolicyConfig
+from ecad_ray.var.rl.state import ModelFacts, parse_actions
+
+
+@pytest.fixture()
+def policy_file(tmp_path):
+    facts = ModelFacts.of(load_var_model("random:tiny"))
+    torch.manual_seed(1)
+    policy = Policy(PolicyConfig("random:tiny", facts.patch_nums, facts.cond, facts.cond_dim,
+                                 parse_actions("0,0.5,skip"), (0.5,), 0.0, 8))
+    torch.nn.init.normal_(policy.net[-1].weight, std=3.0)
+    path = tmp_path / "policy.safetensors"
+    save_policy(path, policy, {"step": 0})
+    return path
+
+
+def test_frontier_rows_and_files(policy_file, tmp_path):
+    table = run_frontier("random:tiny", tmp_path / "f", policy_file, budgets=(0.3, 0.6), uniform=(0.5,),
+                         seeds_per_condition=1, batch_size=4)
+    rows = {r["method"]: r for r in table.to_pylist()}
+    assert set(rows) == {"unpruned", "tail pattern", "fastvar-like", "uniform 0.5", "rl @0.3", "rl @0.6"}
+    assert rows["unpruned"]["flops_share"] == 1.0 and rows["unpruned"]["ssim"] == pytest.approx(1.0)
+    for b in (0.3, 0.6):
+        assert rows[f"rl @{b:g}"]["flops_share"] <= b + 1e-9
+    assert rows["tail pattern"]["ssim"] < 1.0 and rows["tail pattern"]["flops_share"] < 1.0
+    assert pq.read_table(tmp_path / "f" / "frontier.parquet").num_rows == 6
+    assert (tmp_path / "f" / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def one_line_error(monkeypatch, capsys, argv: list[str]) -> str:
+    """Run the CLI; it must exit 1 with exactly one `error: ...` line on stderr."""
+    from ecad_ray_cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["ecad-ray", *argv])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    return err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--flops-budget", "1.5"], "--flops-budget 1.5: must be in (0, 1]"),
+    (["--flops-budget", "0"], "--flops-budget 0: must be in (0, 1]"),
+    (["--actions", "0,big"], "--actions '0,big': 'big' is neither a ratio"),
+    (["--group-size", "1"], "--group-size: must be >= 2"),
+])
+def test_train_bad_inputs_are_one_line(tmp_path, monkeypatch, capsys, args, message):
+    err = one_line_error(monkeypatch, capsys, ["var", "rl", "train", "--model", "random:tiny",
+                                               "-o", str(tmp_path / "o"), *args])
+    assert message in err
+    assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_generate_with_a_bad_policy_is_one_line(tmp_path, monkeypatch, capsys, policy_file):
+    base = ["var", "generate", "--classes", "0", "-o", str(tmp_path / "g")]
+    err = one_line_error(monkeypatch, capsys, [*base, "--model", "random:tiny",
+                                               "--controller", f"rl:{tmp_path}/nope.safetensors"])
+    assert err == f"error: --controller rl:{tmp_path}/nope.safetensors: policy file not found"
+    err = one_line_error(monkeypatch, capsys, [*base, "--model", "random:demo-var", "--controller", f"rl:{policy_file}"])
+    assert "policy was trained for scales 1,2,3,4, this model has 1,2,3,4,6,8" in err
