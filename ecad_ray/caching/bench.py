@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ecad_ray.caching.hooks import apply_schedule
+from ecad_ray.caching.apply import apply_schedule
 from ecad_ray.caching.schedule import Schedule
 from ecad_ray.caching.validate import validate_schedule
 from ecad_ray.errors import UserError
