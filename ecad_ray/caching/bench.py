@@ -100,7 +100,8 @@ def bench_schedule(schedule: Schedule, config: BenchConfig, source: str = "") ->
     }
 
 
-def bench_schedule_file(file: str | Path, config: BenchConfig, output: str | Path | None = None) -> tuple[Schedule, dict, Path]:
+def bench_schedule_file(file: str | Path, config: BenchConfig,
+                        output: str | Path | None = None) -> tuple[Schedule, dict, Path]:
     """Time the schedule in `file` and write it, with `metrics.latency`, to `output` (default: `file`).
 
     Returns the schedule as written, the latency record and where it went.
