@@ -31,10 +31,10 @@ class TextEncoderStage(Stage):
     }
     produces = {"shard": "embeddings shard (relative to the store)", "row": "row inside the shard"}
 
-    def __init__(self, spec: ModelSpec, store_root: str, device: str = "auto", dtype: str = "auto", threads: int = 1):
+    def __init__(self, model_spec: ModelSpec, store_root: str, device: str = "auto", dtype: str = "auto", threads: int = 1):
         torch.set_num_threads(threads)
-        self.spec = spec
-        self.encoder = TextEncoder(self.spec, device, dtype)
+        self.model_spec = model_spec
+        self.encoder = TextEncoder(self.model_spec, device, dtype)
         self.store = EmbeddingStore(store_root)
         self.known: dict[tuple[str, str], tuple[str, int]] = {}
 
@@ -61,8 +61,8 @@ class TextEncoderStage(Stage):
                 prompt_ids=[str(batch["prompt_id"][idx[0]]) for _, _, idx in items],
                 prompts=[p for p, _, _ in items],
                 negative_prompts=[n_ for _, n_, _ in items],
-                model=self.spec.name,
-                family=self.spec.family,
+                model=self.model_spec.name,
+                family=self.model_spec.family,
                 partition=part,
             )
             for row, (prompt, neg, idx) in enumerate(items):
@@ -94,7 +94,7 @@ class GeneratorStage(Stage):
 
     def __init__(
         self,
-        spec: ModelSpec,
+        model_spec: ModelSpec,
         settings: dict,
         store_root: str,
         device: str = "auto",
@@ -105,7 +105,7 @@ class GeneratorStage(Stage):
     ):
         """`schedule`: the run's caching schedule as the driver parsed it (None: uncached)."""
         torch.set_num_threads(threads)
-        self.generator = ImageGenerator(spec, ImageSettings(**settings), device, dtype, schedule, schedule_source)
+        self.generator = ImageGenerator(model_spec, ImageSettings(**settings), device, dtype, schedule, schedule_source)
         self.reader = ShardReader(store_root)
         self.batches_done = 0
 

@@ -64,15 +64,15 @@ def check_plan(source_columns: Iterable[str], stages: Sequence[StageSpec]) -> No
     columns to the batch), but a plan may only rely on declared ones.
     """
     available = dict.fromkeys(source_columns, "source rows")
-    for spec in stages:
-        missing = [c for c in spec.consumes if c not in available]
+    for stage in stages:
+        missing = [c for c in stage.consumes if c not in available]
         if missing:
             raise PlanError(
-                f"plan: stage {spec.name!r} consumes column(s) {', '.join(map(repr, missing))} that neither "
+                f"plan: stage {stage.name!r} consumes column(s) {', '.join(map(repr, missing))} that neither "
                 f"the source rows nor an earlier stage produce (available: {', '.join(available) or 'none'})"
             )
-        for column in spec.produces:
-            available.setdefault(column, spec.name)
+        for column in stage.produces:
+            available.setdefault(column, stage.name)
 
 
 def actor_pool(pool: tuple[int, int]):
@@ -109,14 +109,14 @@ def _stream(rows: list[dict], stages: Sequence[StageSpec], rows_per_block: int |
     quiet_ray_data()
     blocks = max(1, math.ceil(len(rows) / rows_per_block)) if rows_per_block else None
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
-    for spec in stages:
+    for stage in stages:
         ds = ds.map_batches(
-            spec.cls,
-            fn_constructor_kwargs=dict(spec.kwargs),
-            batch_size=spec.batch_size,
-            compute=actor_pool(spec.pool),
-            num_cpus=spec.num_cpus,
-            num_gpus=spec.num_gpus,
+            stage.cls,
+            fn_constructor_kwargs=dict(stage.kwargs),
+            batch_size=stage.batch_size,
+            compute=actor_pool(stage.pool),
+            num_cpus=stage.num_cpus,
+            num_gpus=stage.num_gpus,
             batch_format="numpy",
         )
     # prefetch_batches=0: with Ray Data's default of 1 the driver got each batch only once the

@@ -47,7 +47,7 @@ class RunSummary:
     output_dir: str
     new_images: int
     kept_images: int
-    seconds: float
+    wall_seconds: float  # the run's wall-clock time, start to finish (run.json `wall_seconds`)
     results_path: str
 
 
@@ -259,8 +259,8 @@ def generate_stages(plan: RunPlan, gpu: bool) -> list[StageSpec]:
     device = cfg.device if cfg.device != "auto" else ("cuda" if gpu else "cpu")
     resources = stage_resources(cfg, gpu)
     threads = cfg.threads_per_worker
-    encoder = dict(spec=plan.spec, store_root=str(plan.store_root), device=device, dtype=cfg.dtype, threads=threads)
-    generator = dict(spec=plan.spec, settings=asdict(plan.settings), store_root=str(plan.store_root), device=device,
+    encoder = dict(model_spec=plan.model_spec, store_root=str(plan.store_root), device=device, dtype=cfg.dtype, threads=threads)
+    generator = dict(model_spec=plan.model_spec, settings=asdict(plan.settings), store_root=str(plan.store_root), device=device,
                      dtype=cfg.dtype, schedule=plan.schedule, schedule_source=cfg.schedule or "", threads=threads)
     pool = cfg.pool_size()
     needs_encoding = any(not job["shard"] for job in plan.jobs)

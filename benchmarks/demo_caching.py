@@ -10,9 +10,8 @@ Prints, in one run:
    recomputes every sub-layer every 2nd step and reuses the cached output in between;
 3. optionally an image grid: full compute (top row) vs cached (bottom row).
 
-The cached run uses `ecad_ray.caching` (`fora_schedule` + `apply_schedule`) when that package
-is installed; otherwise a minimal stand-in here (`_ReuseEveryN`) that swaps each sub-layer's
-forward for a cached output on skipped steps, so the numbers exist before the hooks land.
+The cached run applies `ecad_ray.caching`'s FORA baseline (`fora_schedule` + `apply_schedule`),
+the same hooks `ecad-ray generate --schedule` uses.
 """
 
 from __future__ import annotations
@@ -25,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 import ecad_ray  # noqa: F401  (patches torchvision before diffusers loads)
+from ecad_ray.caching import apply_schedule, spec_from_transformer
+from ecad_ray.caching.baselines import fora_schedule
 from ecad_ray.models import demo
 
 SUBLAYERS = demo.FAMILY.components_of("0")  # attn1, attn2, ff: every demo block has the same three
@@ -34,20 +35,6 @@ def _sublayers(transformer):
     """(block index, sub-layer name, module) for every cacheable sub-layer."""
     for (block, name), module in demo.FAMILY.sublayer_modules(transformer).items():
         yield int(block), name, module
-
-
-class _StepCounter:
-    """Counts transformer calls: one per denoising step (CFG runs both halves in one call)."""
-
-    def __init__(self, transformer):
-        self.step = -1
-        self.handle = transformer.register_forward_pre_hook(self._tick)
-
-    def _tick(self, module, args):
-        self.step += 1
-
-    def remove(self):
-        self.handle.remove()
 
 
 @contextmanager
@@ -65,58 +52,17 @@ def record_sublayer_outputs(transformer):
             h.remove()
 
 
-class _ReuseEveryN:
-    """Stand-in FORA cache: sub-layers run at steps divisible by n and replay their output otherwise."""
-
-    def __init__(self, transformer, n: int):
-        self.counter = _StepCounter(transformer)
-        self.originals = []
-        for _, _, module in _sublayers(transformer):
-            self.originals.append((module, module.forward))
-            module.forward = self._wrap(module.forward, n)
-
-    def _wrap(self, forward, n):
-        cache = {}
-
-        def cached_forward(*args, **kwargs):
-            if self.counter.step % n == 0 or "out" not in cache:
-                cache["out"] = forward(*args, **kwargs)
-            return cache["out"]
-
-        return cached_forward
-
-    def reset(self):
-        self.counter.step = -1
-
-    def remove(self):
-        self.counter.remove()
-        for module, forward in self.originals:
-            module.forward = forward
-
-
 @contextmanager
 def fora_cache(pipe, interval: int = 2):
-    """Apply recompute-every-`interval` to the pipeline's transformer; yields a `reset()` callable."""
-    try:
-        from ecad_ray.caching import apply_schedule
-        from ecad_ray.caching.baselines import fora_schedule
-        from ecad_ray.caching.spec import spec_from_transformer
-    except ImportError:
-        stand_in = _ReuseEveryN(pipe.transformer, interval)
-        print("(ecad_ray.caching not installed: using this script's stand-in FORA cache)")
-        try:
-            yield stand_in.reset
-        finally:
-            stand_in.remove()
-        return
+    """The pipeline's transformer under FORA recompute-every-`interval`, for the `with` block.
+
+    Each pipeline call is one run: the hooks restart at step 0 when the scheduler sets its timesteps.
+    """
     cfg = demo.demo_config()
     spec = spec_from_transformer(pipe.transformer, cfg["image_size"], cfg["image_size"], cfg["max_sequence_length"])
-    handle = apply_schedule(pipe, fora_schedule(spec, cfg["num_inference_steps"], interval))
-    print(f"(using ecad_ray.caching: {type(handle).__name__})")
-    try:
-        yield lambda: None  # the hooks reset on scheduler.set_timesteps
-    finally:
-        handle.remove()
+    with apply_schedule(pipe, fora_schedule(spec, cfg["num_inference_steps"], interval)) as handle:
+        print(f"(using ecad_ray.caching: {type(handle).__name__})")
+        yield handle
 
 
 def adjacent_similarity(outputs) -> dict[str, np.ndarray]:
@@ -146,9 +92,8 @@ def main() -> None:
     import torch
 
     from ecad_ray.judge import score
-    from ecad_ray.models.demo import WEIGHTS_PATH, build_pipeline, sample_images
+    from ecad_ray.models.demo import WEIGHTS_PATH, build_pipeline, sample_images, save_grid
     from ecad_ray.shapes import heldout_captions
-    from benchmarks.demo_quality import grid_png
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--captions", type=int, default=64, help="held-out captions to score")
@@ -175,14 +120,10 @@ def main() -> None:
     t = time.time()
     full = sample_images(pipe, captions, seed=500, batch_size=32)
     t_full = (time.time() - t) / len(captions)
-    with fora_cache(pipe, 2) as reset:
-        cached = []
+    with fora_cache(pipe, 2):
         t = time.time()
-        for start in range(0, len(captions), 32):  # one pipeline call per batch: reset the step count
-            reset()
-            cached.append(sample_images(pipe, captions[start:start + 32], seed=500 + start, batch_size=32))
+        cached = sample_images(pipe, captions, seed=500, batch_size=32)  # the same images' seeds as `full`
         t_cached = (time.time() - t) / len(captions)
-        cached = np.concatenate(cached)
     a, b = score(captions, full), score(captions, cached)
     print(f"\n{len(captions)} images ({len(heldout)} held-out captions x {args.seeds} seeds), {args.threads} thread(s)")
     print(f"{'':<24} {'colour':>7} {'shape':>7} {'position':>8} {'ms/image':>9}")
@@ -195,10 +136,9 @@ def main() -> None:
     if args.grid:
         prompts = [x for x in Path("prompts/demo.txt").read_text().splitlines() if x][:8]
         top = sample_images(pipe, prompts, seed=7)
-        with fora_cache(pipe, 2) as reset:
-            reset()
+        with fora_cache(pipe, 2):
             bottom = sample_images(pipe, prompts, seed=7, batch_size=len(prompts))
-        grid_png([top, bottom], args.grid)
+        save_grid([top, bottom], args.grid)
         print(f"grid -> {args.grid} (top: full compute, bottom: recompute every 2nd step) for: " + " | ".join(prompts))
 
 

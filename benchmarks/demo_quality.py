@@ -18,29 +18,12 @@ import numpy as np
 import ecad_ray  # noqa: F401  (patches torchvision before diffusers loads)
 
 
-def grid_png(rows: list[np.ndarray], path: Path, scale: int = 3) -> None:
-    """Save rows of 32×32 images (each row N×32×32×3) as one upscaled PNG with 2 px gaps."""
-    from PIL import Image
-
-    n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    cell = 32 * scale + 2
-    canvas = np.full((n_rows * cell + 2, n_cols * cell + 2, 3), 255, np.uint8)
-    for r, row in enumerate(rows):
-        for c, img in enumerate(row):
-            big = np.kron(img, np.ones((scale, scale, 1), np.uint8))
-            canvas[2 + r * cell:2 + r * cell + 32 * scale, 2 + c * cell:2 + c * cell + 32 * scale] = big
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    Image.fromarray(canvas).save(tmp)
-    tmp.replace(path)
-
-
 def main() -> None:
     """Generate, score, compute FID, optionally write the sample grid."""
     import torch
 
     from ecad_ray.judge import features, frechet_distance, score
-    from ecad_ray.models.demo import WEIGHTS_PATH, build_pipeline, sample_images
+    from ecad_ray.models.demo import WEIGHTS_PATH, build_pipeline, sample_images, save_grid
     from ecad_ray.shapes import heldout_captions, render_captions
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -73,7 +56,7 @@ def main() -> None:
     if args.grid:
         demo_prompts = Path(__file__).resolve().parents[1] / "prompts" / "demo.txt"
         prompts = [x for x in demo_prompts.read_text().splitlines() if x][:8]
-        grid_png([render_captions(prompts, seed=5).images, sample_images(pipe, prompts, seed=7)], args.grid)
+        save_grid([render_captions(prompts, seed=5).images, sample_images(pipe, prompts, seed=7)], args.grid)
         print(f"grid -> {args.grid} (top: real, bottom: generated) for: " + " | ".join(prompts))
 
 

@@ -46,8 +46,8 @@ def prompts(n: int) -> list[str]:
 
 def load_models(cfg: GenerateConfig) -> tuple[TextEncoder, ImageGenerator]:
     """The encoder and generator every run here uses, on the CPU."""
-    spec = resolve_model(cfg.model)
-    return TextEncoder(spec, "cpu"), ImageGenerator(spec, ImageSettings.resolve(cfg, spec), "cpu")
+    model_spec = resolve_model(cfg.model)
+    return TextEncoder(model_spec, "cpu"), ImageGenerator(model_spec, ImageSettings.resolve(cfg, model_spec), "cpu")
 
 
 def plain_loop(cfg: GenerateConfig) -> dict:

@@ -92,35 +92,35 @@ class ImageSettings:
     schedule: str  # schedule name, "none" when uncached
 
     @classmethod
-    def resolve(cls, config: GenerateConfig, spec: ModelSpec, schedule_name: str = "none") -> "ImageSettings":
+    def resolve(cls, config: GenerateConfig, model_spec: ModelSpec, schedule_name: str = "none") -> "ImageSettings":
         """Fill model defaults and check sizes against what the model accepts."""
         settings = cls(
-            model=spec.name,
-            height=config.height or spec.height,
-            width=config.width or spec.width,
-            steps=config.steps or spec.steps,
-            guidance_scale=spec.guidance_scale if config.guidance_scale is None else config.guidance_scale,
+            model=model_spec.name,
+            height=config.height or model_spec.height,
+            width=config.width or model_spec.width,
+            steps=config.steps or model_spec.steps,
+            guidance_scale=model_spec.guidance_scale if config.guidance_scale is None else config.guidance_scale,
             negative_prompt=config.negative_prompt,
             schedule=schedule_name,
         )
-        multiple = size_multiple(spec)
+        multiple = size_multiple(model_spec)
         for option, value in (("--height", settings.height), ("--width", settings.width)):
             if value % multiple:
                 lower = max(multiple, value - value % multiple)
                 raise UserError(
-                    f"{option} {value}: model {spec.name} needs a multiple of {multiple} "
+                    f"{option} {value}: model {model_spec.name} needs a multiple of {multiple} "
                     f"(VAE downsampling × patch size); try {lower} or {lower + multiple}"
                 )
         return settings
 
 
-def size_multiple(spec: ModelSpec) -> int:
+def size_multiple(model_spec: ModelSpec) -> int:
     """The pixel multiple a model's height and width must be (VAE factor × transformer patch)."""
-    if spec.builtin:
+    if model_spec.builtin:
         from ecad_ray.models.demo import demo_config, vae_scale_factor
 
         return vae_scale_factor() * demo_config()["transformer"]["patch_size"]
-    return spec.model_family.size_multiple
+    return model_spec.model_family.size_multiple
 
 
 def load_config_file(path: str | Path) -> dict:

@@ -206,8 +206,8 @@ def import_ecad_embeddings(
     src, dst = Path(src), Path(dst)
     prompts = Path(prompts) if prompts is not None else None
     _check_options(prompts, dataset)
-    spec = resolve_model(model)
-    family = generation_family(spec.family)
+    model_spec = resolve_model(model)
+    family = generation_family(model_spec.family)
     if not src.is_dir():
         raise UserError(f"SRC {src}: no such folder")
     files = sorted(src.rglob("*.pt"), key=_sort_key)
@@ -217,7 +217,7 @@ def import_ecad_embeddings(
     for entry in _plan(src, files, prompts, dataset):
         groups.setdefault(entry.partition, []).append(entry)
     store = EmbeddingStore(dst)
-    what = f"{spec.family} model {spec.name}"
+    what = f"{model_spec.family} model {model_spec.name}"
     count = 0
     for part, entries in groups.items():
         for start in range(0, len(entries), shard_size):
@@ -233,8 +233,8 @@ def import_ecad_embeddings(
                 prompt_ids=[e.prompt_id for e in chunk],
                 prompts=texts,
                 negative_prompts=negs,
-                model=spec.name,
-                family=spec.family,
+                model=model_spec.name,
+                family=model_spec.family,
                 partition=part,
             )
             count += len(chunk)

@@ -28,14 +28,14 @@ if TYPE_CHECKING:
 class TextEncoder:
     """A model's tokenizer + text encoder, loaded once, turning prompts into embeddings."""
 
-    def __init__(self, spec: ModelSpec, device: str = "auto", dtype: str = "auto"):
+    def __init__(self, model_spec: ModelSpec, device: str = "auto", dtype: str = "auto"):
         # the pipelines warn once per batch that long prompts were truncated to the text length,
         # which is by design (PixArt-α: 120 T5 tokens, demo: 16)
         logging.getLogger("diffusers.pipelines").setLevel(logging.ERROR)
-        self.spec = spec
-        self.family = generation_family(spec.family)
+        self.model_spec = model_spec
+        self.family = generation_family(model_spec.family)
         dev = resolve_device(device)
-        self.pipe = load_pipeline(spec, dev, resolve_dtype(dtype, spec, dev), part="text")
+        self.pipe = load_pipeline(model_spec, dev, resolve_dtype(dtype, model_spec, dev), part="text")
         for name in ("text_encoder", "text_encoder_2"):  # FLUX has two
             if getattr(self.pipe, name, None) is not None:
                 pad_small_linears(getattr(self.pipe, name))
@@ -43,7 +43,7 @@ class TextEncoder:
     def __call__(self, prompts: list[str], negative_prompts: list[str]) -> dict[str, torch.Tensor]:
         """Embeddings for each prompt (batch dimension first), on the CPU."""
         with torch.no_grad():
-            tensors = self.family.encode_prompts(self.pipe, prompts, negative_prompts, self.spec.max_sequence_length)
+            tensors = self.family.encode_prompts(self.pipe, prompts, negative_prompts, self.model_spec.max_sequence_length)
         return {k: v.cpu() for k, v in tensors.items()}
 
 
@@ -52,7 +52,7 @@ class ImageGenerator:
 
     def __init__(
         self,
-        spec: ModelSpec,
+        model_spec: ModelSpec,
         settings: ImageSettings,
         device: str = "auto",
         dtype: str = "auto",
@@ -61,11 +61,11 @@ class ImageGenerator:
     ):
         """`schedule`: the run's caching schedule, parsed once by the driver (None: uncached);
         `schedule_source` names it (its file) in a validation error."""
-        self.spec = spec
+        self.model_spec = model_spec
         self.settings = settings
-        self.family = generation_family(spec.family)
+        self.family = generation_family(model_spec.family)
         self.device = resolve_device(device)
-        self.pipe = load_pipeline(spec, self.device, resolve_dtype(dtype, spec, self.device), part="denoise")
+        self.pipe = load_pipeline(model_spec, self.device, resolve_dtype(dtype, model_spec, self.device), part="denoise")
         pad_small_linears(self.pipe.transformer)  # pixels must not depend on the batch
         self.schedule = schedule
         self.cache = None

@@ -271,12 +271,12 @@ def embed_prompts(
     """Encode every row the store lacks and append it as shards; returns (encoded, skipped).
 
     `store` is an `ecad_ray.embeddings.EmbeddingStore`, `encoder` an `ecad_ray.engine.TextEncoder`
-    (`encoder(prompts, negative_prompts) -> {name: tensor}`, batch first, with `.spec`). Rows
+    (`encoder(prompts, negative_prompts) -> {name: tensor}`, batch first, with `.model_spec`). Rows
     stream through in batches of `batch_size` and each batch becomes one shard per partition,
     so memory stays flat however long the source is. Prompts already stored for this model and
     negative prompt are skipped by id: rerunning after an interruption encodes only the rest.
     """
-    model, family = encoder.spec.name, encoder.spec.family
+    model, family = encoder.model_spec.name, encoder.model_spec.family
     done = _stored_ids(store, model, negative_prompt)
     encoded = skipped = 0
     for batch in iter_batches(rows, batch_size):

@@ -42,7 +42,7 @@ class RunPlan:
     """A checked run: where to write, what to generate, what is already there."""
 
     config: GenerateConfig
-    spec: ModelSpec
+    model_spec: ModelSpec
     settings: ImageSettings
     output_dir: Path
     store_root: Path  # where embeddings are read from (and written to, unless --input-embeddings)
@@ -71,20 +71,20 @@ def plan_run(config: GenerateConfig, schedule: Schedule | None = None) -> RunPla
     `schedule`: `config.schedule` already parsed (`load_run_schedule`, or an earlier plan's),
     so re-planning a run does not parse it again."""
     config.check_counts()
-    spec = resolve_model(config.model)
+    model_spec = resolve_model(config.model)
     if config.transformer_weights:
         weights = Path(config.transformer_weights).expanduser()
         if not weights.is_file():
             raise UserError(f"--transformer-weights {weights}: no such file")
-        spec = replace(spec, transformer_file=str(weights.resolve()))
-    spec = fetch_weights(spec)
-    family = generation_family(spec.family)
+        model_spec = replace(model_spec, transformer_file=str(weights.resolve()))
+    model_spec = fetch_weights(model_spec)
+    family = generation_family(model_spec.family)
     if schedule is None:
         schedule = load_run_schedule(config)
-    schedule_name, schedule_steps = _check_schedule(config, spec, schedule)
+    schedule_name, schedule_steps = _check_schedule(config, model_spec, schedule)
     if schedule_steps and not config.steps:
         config = replace(config, steps=schedule_steps)
-    settings = ImageSettings.resolve(config, spec, schedule_name)
+    settings = ImageSettings.resolve(config, model_spec, schedule_name)
     output_dir = Path(config.output_dir).expanduser()
     _check_writable(output_dir)
 
@@ -94,15 +94,15 @@ def plan_run(config: GenerateConfig, schedule: Schedule | None = None) -> RunPla
         if not store_root.is_dir():
             raise UserError(f"--input-embeddings {store_root}: no such folder")
         store = EmbeddingStore(store_root)
-        store.require_model(spec.name)
+        store.require_model(model_spec.name)
     else:
         store = EmbeddingStore(store_root)
 
-    prompts = _prompts(config, store, spec, settings)
+    prompts = _prompts(config, store, model_spec, settings)
     _check_resume(output_dir, settings, config.overwrite)
     kept = [] if config.overwrite else _complete_images(output_dir, settings)
     done = {(r["prompt_id"], r["seed"]) for r in kept}
-    refs = store.lookup(spec.name, settings.negative_prompt if family.uses_negative_prompt else None)
+    refs = store.lookup(model_spec.name, settings.negative_prompt if family.uses_negative_prompt else None)
     if config.input_embeddings:
         missing = [p.text for p in prompts if p.text not in refs]
         if missing:
@@ -125,7 +125,7 @@ def plan_run(config: GenerateConfig, schedule: Schedule | None = None) -> RunPla
                     "negative_prompt": settings.negative_prompt,
                     "partition": p.partition,
                     "seed": seed,
-                    "model": spec.name,
+                    "model": model_spec.name,
                     "schedule": settings.schedule,
                     "shard": ref.shard if ref else "",
                     "row": ref.row if ref else -1,
@@ -133,29 +133,29 @@ def plan_run(config: GenerateConfig, schedule: Schedule | None = None) -> RunPla
             )
     wanted = {(p.prompt_id, s) for p in prompts for s in seeds}
     kept = [r for r in kept if (r["prompt_id"], r["seed"]) in wanted]
-    macs = transformer_macs(spec, settings, schedule)
-    return RunPlan(config, spec, settings, output_dir, store_root, jobs, kept, len(prompts), macs, schedule)
+    macs = transformer_macs(model_spec, settings, schedule)
+    return RunPlan(config, model_spec, settings, output_dir, store_root, jobs, kept, len(prompts), macs, schedule)
 
 
-def transformer_macs(spec: ModelSpec, settings: ImageSettings, schedule: Schedule | None) -> int | None:
+def transformer_macs(model_spec: ModelSpec, settings: ImageSettings, schedule: Schedule | None) -> int | None:
     """Analytic transformer MACs of one image under the run's schedule (None: shapes unknown)."""
     from ecad_ray.caching import resolve_spec, schedule_macs
     from ecad_ray.caching.baselines import default_schedule
 
     try:
-        tspec = resolve_spec(spec.name)
+        spec = resolve_spec(model_spec.name)
     except (UserError, OSError, ValueError, KeyError):
         return None
-    if (tspec.height, tspec.width) != (settings.height, settings.width):
-        area = settings.height * settings.width / (tspec.height * tspec.width)
-        tspec = replace(tspec, height=settings.height, width=settings.width,
-                        image_tokens=round(tspec.image_tokens * area))
+    if (spec.height, spec.width) != (settings.height, settings.width):
+        area = settings.height * settings.width / (spec.height * spec.width)
+        spec = replace(spec, height=settings.height, width=settings.width,
+                        image_tokens=round(spec.image_tokens * area))
     if schedule is None:
-        schedule = default_schedule(tspec, settings.steps)
-    return schedule_macs(schedule, tspec)
+        schedule = default_schedule(spec, settings.steps)
+    return schedule_macs(schedule, spec)
 
 
-def _check_schedule(config: GenerateConfig, spec: ModelSpec, schedule: Schedule | None) -> tuple[str, int | None]:
+def _check_schedule(config: GenerateConfig, model_spec: ModelSpec, schedule: Schedule | None) -> tuple[str, int | None]:
     """(schedule name, its step count) after checking the parsed schedule against the model and --steps.
 
     Models without a known transformer config (an uncached hub id) are checked again by each
@@ -167,11 +167,11 @@ def _check_schedule(config: GenerateConfig, spec: ModelSpec, schedule: Schedule 
     from ecad_ray.caching import resolve_spec, validate_schedule
 
     try:
-        target = resolve_spec(spec.name)
+        spec = resolve_spec(model_spec.name)
     except (UserError, OSError, ValueError, KeyError):
-        target = None
-    if target is not None:
-        validate_schedule(schedule, target, source=str(path))
+        spec = None
+    if spec is not None:
+        validate_schedule(schedule, spec, source=str(path))
     if config.steps and config.steps != schedule.num_inference_steps:
         raise UserError(
             f"--steps {config.steps}: schedule {path} is made for {schedule.num_inference_steps} steps; "
@@ -180,13 +180,13 @@ def _check_schedule(config: GenerateConfig, spec: ModelSpec, schedule: Schedule 
     return path.stem, schedule.num_inference_steps
 
 
-def _prompts(config: GenerateConfig, store: EmbeddingStore, spec: ModelSpec, settings: ImageSettings) -> list[Prompt]:
+def _prompts(config: GenerateConfig, store: EmbeddingStore, model_spec: ModelSpec, settings: ImageSettings) -> list[Prompt]:
     if config.prompts:
         return from_texts(list(config.prompts))
     if config.prompt_file:
         return read_prompt_file(config.prompt_file)
     # only --input-embeddings: every prompt of the store, in the store's order
-    rows = [r for r in store.index().to_pylist() if r["model"] == spec.name]
+    rows = [r for r in store.index().to_pylist() if r["model"] == model_spec.name]
     seen: dict[str, Prompt] = {}
     for r in rows:
         if r["prompt_id"] not in seen:
@@ -291,7 +291,7 @@ def finish_run(plan: RunPlan, new_rows: list[dict], started: float, extra: dict 
         {
             "status": "complete",
             "images": {"new": len(new_rows), "kept": len(plan.kept)},
-            "seconds": round(time.time() - started, 3),
+            "wall_seconds": round(time.time() - started, 3),  # as `var generate` records it
             **(extra or {}),
         },
     )
@@ -303,7 +303,7 @@ def write_run_json(plan: RunPlan, fields: dict) -> None:
     info = {
         "config": plan.config.to_dict(),
         "settings": asdict(plan.settings),
-        "model_spec": {k: v for k, v in asdict(plan.spec).items() if k != "notes"},
+        "model_spec": {k: v for k, v in asdict(plan.model_spec).items() if k != "notes"},
         "embeddings": str(plan.store_root),
         "macs": plan.macs,
         "macs_convention": "model",  # ecad_ray.caching.macs.MODEL: the text length the model runs

@@ -64,7 +64,7 @@ def run(base: GenerateConfig, schedule_dir: str) -> None:
 
     for summary in run_benchmark(base, schedule_dir):
         typer.echo(f"{Path(summary.output_dir).name}: {summary.new_images} new, {summary.kept_images} kept, "
-                   f"{summary.seconds:.1f} s")
+                   f"{summary.wall_seconds:.1f} s")
     typer.echo(f"table: {Path(base.output_dir) / 'results.parquet'}")
 
 

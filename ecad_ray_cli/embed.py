@@ -52,4 +52,4 @@ def embed(
 
     encoded, skipped = embed_prompts(rows, store, encoder, prompt_batch_size, negative_prompt, progress)
     typer.echo("", err=True)
-    typer.echo(f"{output_dir}: embedded {encoded} prompt(s), {skipped} already stored (model {encoder.spec.name})")
+    typer.echo(f"{output_dir}: embedded {encoded} prompt(s), {skipped} already stored (model {encoder.model_spec.name})")

@@ -161,7 +161,7 @@ def run(config: GenerateConfig) -> None:
                           soft_wrap=True)
             raise typer.Exit(130) from None
     console.print(
-        f"{summary.new_images} new image(s), {summary.kept_images} kept, in {summary.seconds:.1f} s -> "
+        f"{summary.new_images} new image(s), {summary.kept_images} kept, in {summary.wall_seconds:.1f} s -> "
         f"{summary.output_dir}/images; table: {summary.results_path}",
         soft_wrap=True,
     )

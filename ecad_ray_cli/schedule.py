@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -21,41 +20,11 @@ ModelOption = Annotated[
     str, typer.Option(help="demo, pixart-alpha-256, pixart-sigma-256, flux-dev, or a folder with transformer/config.json.")
 ]
 
-
-def _spec_for(schedule, model: str | None):
-    """The model a schedule is costed on: `--model`, else the shipped config of its family."""
-    from ecad_ray.caching.spec import resolve_spec
-    from ecad_ray.models.families import family_named
-
-    name = model or family_named(schedule.family).reference_model
-    spec = resolve_spec(name)
-    cfg = schedule.config or {}
-    if model is None and ("height" in cfg or "width" in cfg):
-        spec = spec.at_size(int(cfg.get("height", spec.height)), int(cfg.get("width", spec.width)))
-    return spec
-
-
 ConventionOption = Annotated[
     str,
     typer.Option(help="Text length to count: model (the tokens the model runs: PixArt-Σ 300) or ecad "
                       "(ECAD's published metrics: 120 for every PixArt)."),
 ]
-
-
-def _macs_line(report, agree: bool = False) -> str:
-    """`N MACs (T TMACs; <convention> convention: K text tokens)`: a total that names its convention.
-
-    `agree` says both conventions count the same text length (PixArt-α, FLUX, demo), so the
-    one figure is both the real cost and ECAD's.
-    """
-    label = "model and ecad conventions agree" if agree else f"{report.convention} convention"
-    return f"{report.total} MACs ({report.total / 1e12:.3f} TMACs; {label}: {report.text_tokens} text tokens)"
-
-
-def _at_size(spec, height: Optional[int], width: Optional[int]):
-    if height is None and width is None:
-        return spec
-    return spec.at_size(height or spec.height, width or spec.width)
 
 
 @schedule_app.command("info")
@@ -69,49 +38,10 @@ def info(
     MACs come in both conventions: `total_macs` at the text length the model runs, and
     `ecad_total_macs` at the one ECAD's published `metrics` use (`published_total_macs`).
     """
-    from ecad_ray.caching import load_schedule, schedule_mac_report, validate_schedule
-    from ecad_ray.caching.macs import ECAD, MODEL
+    from ecad_ray.caching.info import info_lines, schedule_info
 
-    schedule = load_schedule(file)
-    spec = _spec_for(schedule, model)
-    validate_schedule(schedule, spec, source=str(file))
-    report = schedule_mac_report(schedule, spec, convention=MODEL)
-    ecad = schedule_mac_report(schedule, spec, convention=ECAD)
-    published = (schedule.metrics or {}).get("total_macs")
-    out = {
-        "file": str(file),
-        "name": schedule.name,
-        "family": schedule.family,
-        "num_blocks": schedule.num_blocks,
-        "num_single_blocks": schedule.num_single_blocks,
-        "num_inference_steps": schedule.num_inference_steps,
-        "recompute_fraction": {k: round(v, 4) for k, v in schedule.recompute_fraction().items()},
-        "tgate_gate_step": schedule.tgate_gate_step,
-        "model": spec.name,
-        "height": spec.height,
-        "width": spec.width,
-        "total_macs": report.total,
-        "macs_convention": MODEL,
-        "text_tokens": report.text_tokens,
-        "ecad_total_macs": ecad.total,
-        "ecad_text_tokens": ecad.text_tokens,
-        "mac_ratio": round(report.ratio, 4),
-        "published_total_macs": published,
-        "published_convention": ECAD if published is not None else None,
-    }
-    if as_json:
-        typer.echo(json.dumps(out))
-        return
-    for key, value in out.items():
-        if key == "recompute_fraction":
-            value = ", ".join(f"{k} {v:.1%}" for k, v in value.items())
-        elif key == "total_macs":
-            value = _macs_line(report, agree=report.text_tokens == ecad.text_tokens)
-        elif key == "ecad_total_macs":
-            value = _macs_line(ecad, agree=report.text_tokens == ecad.text_tokens)
-        elif key == "published_total_macs" and value is not None:
-            value = f"{value} MACs ({value / 1e12:.3f} TMACs; {ECAD} convention)"
-        typer.echo(f"{key:22s} {value}")
+    out = schedule_info(file, model)
+    typer.echo(json.dumps(out) if as_json else "\n".join(info_lines(out)))
 
 
 @schedule_app.command("validate")
@@ -142,24 +72,9 @@ def macs(
     The first line is the `--convention` total, named; where the other convention counts a
     different text length (PixArt-Σ: 300 run, 120 published by ECAD) a second line gives it.
     """
-    from ecad_ray.caching import load_schedule, schedule_mac_report, validate_schedule
-    from ecad_ray.caching.macs import CONVENTIONS, conventions_differ
-    from ecad_ray.caching.spec import resolve_spec
+    from ecad_ray.caching.info import mac_lines
 
-    schedule = load_schedule(file)
-    spec = _at_size(resolve_spec(model), height, width)
-    validate_schedule(schedule, spec, source=str(file))
-    report = schedule_mac_report(schedule, spec, convention=convention)
-    differ = conventions_differ(spec)
-    typer.echo(_macs_line(report, agree=not differ))
-    if differ:
-        other = next(c for c in CONVENTIONS if c != convention)
-        typer.echo(_macs_line(schedule_mac_report(schedule, spec, convention=other)))
-    if by_step:
-        for step, value in report.by_step.items():
-            typer.echo(f"step {step} {value}")
-        for comp, value in report.by_component.items():
-            typer.echo(f"component {comp} {value}")
+    typer.echo("\n".join(mac_lines(file, model, height, width, convention, by_step)))
 
 
 @schedule_app.command("make")
@@ -178,37 +93,21 @@ def make(
     warmup: Annotated[int, typer.Option(help="tgate: first steps computed in full.")] = 2,
 ) -> None:
     """Write a baseline schedule in ECAD's format, with its MACs in `metrics`."""
-    from ecad_ray.caching import baselines, save_schedule, schedule_mac_report
-    from ecad_ray.caching.spec import resolve_spec
+    from ecad_ray.caching.baselines import BaselineParams, write_baseline
 
-    spec = resolve_spec(model)
-    if steps < 1:
-        raise UserError(f"--steps {steps}: must be a positive integer")
-    if kind == "default":
-        schedule = baselines.default_schedule(spec, steps)
-    elif kind == "fora":
-        schedule = baselines.fora_schedule(spec, steps, interval)
-    elif kind == "every":
-        schedule = baselines.every_schedule(spec, steps, _parse_every(every))
-    elif kind == "delta-dit":
-        schedule = baselines.delta_dit_schedule(spec, steps, num_cached_blocks, boundary_step, interval)
-    elif kind == "tgate":
-        schedule = baselines.tgate_schedule(spec, steps, gate_step, sp_interval, fi_interval, warmup)
-    else:
-        raise UserError(f"make {kind}: unknown kind; use one of {', '.join(baselines.KINDS)}")
-    report = schedule_mac_report(schedule, spec)
-    metrics = {
-        "by_inference_step": {k: {"macs": v} for k, v in report.by_step.items()},
-        "total_macs": report.total,
-        "total_macs_T": report.total / 1e12,
-    }
-    save_schedule(dataclasses.replace(schedule, metrics=metrics), output)
+    params = BaselineParams(
+        interval=interval, every=_parse_every(every),
+        num_cached_blocks=num_cached_blocks, boundary_step=boundary_step,
+        gate_step=gate_step, sp_interval=sp_interval, fi_interval=fi_interval, warmup=warmup,
+    )
+    schedule, report = write_baseline(kind, model, output, steps, params)
     typer.echo(f"wrote {output}: {schedule.name}, {report.ratio:.1%} of the uncached MACs")
 
 
-def _parse_every(text: Optional[str]) -> dict[str, int]:
+def _parse_every(text: Optional[str]) -> dict[str, int] | None:
+    """`attn1=2,ff=3` -> {"attn1": 2, "ff": 3}; None when not given (`make every` says it is needed)."""
     if not text:
-        raise UserError("--every: give per-component intervals, e.g. attn1=2,ff=3")
+        return None
     out = {}
     for part in text.split(","):
         name, _, value = part.partition("=")
@@ -230,16 +129,10 @@ def bench(
     output: Annotated[Optional[Path], typer.Option(help="Write the schedule with metrics.latency here (default: update FILE).")] = None,
 ) -> None:
     """Time whole pipeline calls under the schedule; store ms/image in `metrics.latency` (ECAD's layout)."""
-    from ecad_ray.caching import load_schedule, save_schedule
-    from ecad_ray.caching.bench import BenchConfig, bench_schedule
+    from ecad_ray.caching.bench import BenchConfig, bench_schedule_file
 
-    schedule = load_schedule(file)
     config = BenchConfig(model=model, batch_size=batch_size, warmups=warmups, repeats=repeats, device=device, dtype=dtype)
-    latency = bench_schedule(schedule, config, source=str(file))
-    metrics = dict(schedule.metrics or {})
-    metrics["latency"] = latency
-    target = output or file
-    save_schedule(dataclasses.replace(schedule, metrics=metrics), target)
+    schedule, latency, target = bench_schedule_file(file, config, output)
     typer.echo(f"{schedule.name}: {latency['avg']:.2f} ms/image on {latency['gpu']} (wrote {target})")
 
 

@@ -268,9 +268,9 @@ def test_imported_ecad_embeddings_draw_with_the_demo_model(tmp_path, demo_pipe):
     import_ecad_embeddings(tmp_path / "ecad", tmp_path / "store", "demo", prompts=path, dataset="file")
     store = EmbeddingStore(tmp_path / "store")
     emb = ShardReader(tmp_path / "store").gather([store.lookup("demo")["a red circle"]])
-    spec = resolve_model("demo")
-    gen = ImageGenerator(spec, ImageSettings.resolve(GenerateConfig(steps=2), spec), "cpu")
-    own = TextEncoder(spec, "cpu")(["a red circle"], [""])
+    model_spec = resolve_model("demo")
+    gen = ImageGenerator(model_spec, ImageSettings.resolve(GenerateConfig(steps=2), model_spec), "cpu")
+    own = TextEncoder(model_spec, "cpu")(["a red circle"], [""])
     import numpy as np
 
     ecad_image = gen(emb, [1])

@@ -17,10 +17,10 @@ from tiny_models import tiny_flux_pipeline
 
 def test_registry_names_and_ecad_split():
     assert registry_names()[0] == "demo"
-    spec = resolve_model("pixart-alpha-256")
-    assert spec.transformer_source == "PixArt-alpha/PixArt-XL-2-256x256"
-    assert spec.pipeline_source == "PixArt-alpha/PixArt-XL-2-1024-MS"
-    assert (spec.height, spec.steps, spec.guidance_scale, spec.dtype) == (256, 20, 4.5, "fp16")
+    model_spec = resolve_model("pixart-alpha-256")
+    assert model_spec.transformer_source == "PixArt-alpha/PixArt-XL-2-256x256"
+    assert model_spec.pipeline_source == "PixArt-alpha/PixArt-XL-2-1024-MS"
+    assert (model_spec.height, model_spec.steps, model_spec.guidance_scale, model_spec.dtype) == (256, 20, 4.5, "fp16")
     assert resolve_model("pixart-sigma-256").max_sequence_length == 300
     assert resolve_model("flux-dev").family == "flux"
 
@@ -46,12 +46,12 @@ def test_file_and_folder_without_index_are_refused(tmp_path):
 
 def test_saved_demo_folder_loads_and_draws_like_the_builtin(tmp_path):
     build_pipeline().save_pretrained(tmp_path / "demo")
-    spec = resolve_model(str(tmp_path / "demo"))
-    assert (spec.family, spec.pipeline_class, spec.height) == ("pixart", "PixArtAlphaPipeline", 32)
+    model_spec = resolve_model(str(tmp_path / "demo"))
+    assert (model_spec.family, model_spec.pipeline_class, model_spec.height) == ("pixart", "PixArtAlphaPipeline", 32)
     builtin = resolve_model("demo")
     cfg = GenerateConfig(steps=3)
     images = []
-    for s in (builtin, spec):
+    for s in (builtin, model_spec):
         enc = TextEncoder(s, "cpu")
         gen = ImageGenerator(s, ImageSettings.resolve(cfg, s), "cpu")
         images.append(gen(enc(["a red circle"], [""]), [5]))
@@ -60,10 +60,10 @@ def test_saved_demo_folder_loads_and_draws_like_the_builtin(tmp_path):
 
 def test_flux_family_encodes_and_generates_batch_invariantly(tmp_path):
     tiny_flux_pipeline(tmp_path / "tok").save_pretrained(tmp_path / "flux")
-    spec = resolve_model(str(tmp_path / "flux"))
-    assert (spec.family, spec.max_sequence_length) == ("flux", 512)
-    settings = ImageSettings.resolve(GenerateConfig(height=32, width=32, steps=3), spec)
-    enc, gen = TextEncoder(spec, "cpu"), ImageGenerator(spec, settings, "cpu")
+    model_spec = resolve_model(str(tmp_path / "flux"))
+    assert (model_spec.family, model_spec.max_sequence_length) == ("flux", 512)
+    settings = ImageSettings.resolve(GenerateConfig(height=32, width=32, steps=3), model_spec)
+    enc, gen = TextEncoder(model_spec, "cpu"), ImageGenerator(model_spec, settings, "cpu")
     emb = enc(["a red circle", "a blue square"], ["", ""])
     assert set(emb) == {"prompt_embeds", "pooled_prompt_embeds"}
     both = gen(emb, [0, 1])
@@ -92,15 +92,15 @@ def test_transformer_weights_file_replaces_the_models_own(tmp_path):
 
     plan = plan_run(GenerateConfig(prompts=("x",), output_dir=str(tmp_path / "run"),
                                    transformer_weights=str(tmp_path / "tuned.pth")))
-    assert plan.spec.transformer_file == str((tmp_path / "tuned.pth").resolve())
+    assert plan.model_spec.transformer_file == str((tmp_path / "tuned.pth").resolve())
 
     base = resolve_model("demo")
     settings = ImageSettings.resolve(GenerateConfig(steps=3), base)
     emb = TextEncoder(base, "cpu")(["a red circle"], [""])
     images = {}
     for name in ("none", "same.safetensors", "tuned.pth"):
-        spec = base if name == "none" else dataclasses.replace(base, transformer_file=str(tmp_path / name))
-        images[name] = ImageGenerator(spec, settings, "cpu")(emb, [3])
+        model_spec = base if name == "none" else dataclasses.replace(base, transformer_file=str(tmp_path / name))
+        images[name] = ImageGenerator(model_spec, settings, "cpu")(emb, [3])
     np.testing.assert_array_equal(images["none"], images["same.safetensors"])
     assert not np.array_equal(images["none"], images["tuned.pth"])
 
@@ -111,24 +111,24 @@ def test_transformer_weights_of_another_architecture_are_named(tmp_path):
     import torch
 
     torch.save({"pos_embed.proj.weight": torch.zeros(3), "unet.conv_in.weight": torch.zeros(1)}, tmp_path / "other.pt")
-    spec = dataclasses.replace(resolve_model("demo"), transformer_file=str(tmp_path / "other.pt"))
+    model_spec = dataclasses.replace(resolve_model("demo"), transformer_file=str(tmp_path / "other.pt"))
     with pytest.raises(UserError, match=r"other.pt: not a PixArtTransformer2DModel of model demo.*missing .*unexpected unet.conv_in.weight .*wrong shape pos_embed.proj.weight"):
-        ImageGenerator(spec, ImageSettings.resolve(GenerateConfig(), spec), "cpu")
+        ImageGenerator(model_spec, ImageSettings.resolve(GenerateConfig(), model_spec), "cpu")
 
 
 def test_cpu_generation_has_no_warm_up_pass_and_still_applies_the_schedule():
     from pathlib import Path
 
     schedule = Path(__file__).resolve().parents[1] / "schedules" / "demo" / "recompute_all_every_002.json"
-    spec = resolve_model("demo")
-    settings = ImageSettings.resolve(GenerateConfig(), spec)
-    emb = TextEncoder(spec, "cpu")(["a red circle"], [""])
-    cached = ImageGenerator(spec, settings, "cpu", schedule=load_schedule(schedule))
+    model_spec = resolve_model("demo")
+    settings = ImageSettings.resolve(GenerateConfig(), model_spec)
+    emb = TextEncoder(model_spec, "cpu")(["a red circle"], [""])
+    cached = ImageGenerator(model_spec, settings, "cpu", schedule=load_schedule(schedule))
     forwards = []
     cached.pipe.transformer.register_forward_pre_hook(lambda *_: forwards.append(1))
     image = cached(emb, [0])
     # one transformer call per step (CFG runs both halves in one batch): no extra 2-step pass
     assert len(forwards) == settings.steps == 20
     assert cached.cache is not None and cached.cache.stats.runs == 1
-    full = ImageGenerator(spec, settings, "cpu")(emb, [0])
+    full = ImageGenerator(model_spec, settings, "cpu")(emb, [0])
     assert not np.array_equal(image, full)  # the schedule did change the computation

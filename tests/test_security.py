@@ -118,9 +118,9 @@ def test_weight_readers_refuse_a_file_that_would_run_code(tmp_path, reader):
         from ecad_ray.models.registry import resolve_model
         from dataclasses import replace
 
-        spec = replace(resolve_model("demo"), transformer_file=str(evil))
+        model_spec = replace(resolve_model("demo"), transformer_file=str(evil))
         with pytest.raises(UserError, match=f"^--transformer-weights {evil}: cannot read weights"):
-            load_transformer_file(torch.nn.Linear(2, 2), spec)
+            load_transformer_file(torch.nn.Linear(2, 2), model_spec)
     else:
         from ecad_ray.var.checkpoints import _read_state_dict
 

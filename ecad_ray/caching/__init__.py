@@ -8,24 +8,15 @@ The stable API (what `ecad-ray generate --schedule` and `ecad-ray benchmark` use
     schedule_macs(schedule, spec) / schedule_mac_report(...)       # ECAD-comparable MACs
 """
 
-from ecad_ray.caching.hooks import (
-    SCHEDULE_STEP_HOOK,
-    SUBLAYER_CACHE_HOOK,
-    CacheStats,
-    ScheduleCacheConfig,
-    ScheduleCacheHandle,
-    apply_schedule,
-    apply_schedule_cache,
-)
+from ecad_ray.caching.apply import ScheduleCacheConfig, ScheduleCacheHandle, apply_schedule, apply_schedule_cache
 from ecad_ray.caching.liveness import MemoryReport, cache_memory
 from ecad_ray.caching.macs import MacReport, schedule_mac_report, schedule_macs
+from ecad_ray.caching.run_state import CacheStats
 from ecad_ray.caching.schedule import Schedule, load_schedule, save_schedule, schedule_from_json
 from ecad_ray.caching.spec import TransformerSpec, resolve_spec, shipped_spec, spec_from_transformer
 from ecad_ray.caching.validate import validate_schedule
 
 __all__ = [
-    "SCHEDULE_STEP_HOOK",
-    "SUBLAYER_CACHE_HOOK",
     "CacheStats",
     "MacReport",
     "MemoryReport",

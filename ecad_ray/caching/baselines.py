@@ -14,8 +14,13 @@ Step 0 always recomputes in every family (nothing is cached yet).
 
 from __future__ import annotations
 
-from ecad_ray.caching.schedule import TGATE, Schedule, make_schedule
-from ecad_ray.caching.spec import TransformerSpec
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from ecad_ray.caching.macs import MacReport, schedule_mac_report
+from ecad_ray.caching.schedule import TGATE, Schedule, make_schedule, save_schedule
+from ecad_ray.caching.spec import TransformerSpec, resolve_spec
 from ecad_ray.errors import UserError
 
 KINDS = ("default", "fora", "every", "delta-dit", "tgate")
@@ -108,3 +113,47 @@ def tgate_schedule(spec: TransformerSpec, steps: int, gate_step: int, sp_interva
 def _positive(option: str, value: int) -> None:
     if value < 1:
         raise UserError(f"{option}: must be a positive integer, got {value}")
+
+
+@dataclass(frozen=True)
+class BaselineParams:
+    """The knobs of every baseline family (each family reads its own; see the module docstring)."""
+
+    interval: int = 2  # fora / delta-dit: recompute every N steps
+    every: dict[str, int] | None = None  # every: per-component intervals
+    num_cached_blocks: int = 1  # delta-dit
+    boundary_step: int = 10  # delta-dit
+    gate_step: int = 10  # tgate
+    sp_interval: int = 1  # tgate: self-attention interval before the gate
+    fi_interval: int = 1  # tgate: feed-forward interval after the gate
+    warmup: int = 2  # tgate: first steps computed in full
+
+
+def make_baseline(kind: str, spec: TransformerSpec, steps: int, params: BaselineParams = BaselineParams()) -> Schedule:
+    """The `kind` baseline (one of `KINDS`) over `steps` steps on `spec`."""
+    if steps < 1:
+        raise UserError(f"--steps {steps}: must be a positive integer")
+    if kind == "default":
+        return default_schedule(spec, steps)
+    if kind == "fora":
+        return fora_schedule(spec, steps, params.interval)
+    if kind == "every":
+        if not params.every:
+            raise UserError("--every: give per-component intervals, e.g. attn1=2,ff=3")
+        return every_schedule(spec, steps, params.every)
+    if kind == "delta-dit":
+        return delta_dit_schedule(spec, steps, params.num_cached_blocks, params.boundary_step, params.interval)
+    if kind == "tgate":
+        return tgate_schedule(spec, steps, params.gate_step, params.sp_interval, params.fi_interval, params.warmup)
+    raise UserError(f"make {kind}: unknown kind; use one of {', '.join(KINDS)}")
+
+
+def write_baseline(kind: str, model: str, output: str | Path, steps: int,
+                   params: BaselineParams = BaselineParams()) -> tuple[Schedule, MacReport]:
+    """Write the `kind` baseline for `model` to `output` in ECAD's format, its MACs in `metrics`."""
+    spec = resolve_spec(model)
+    schedule = make_baseline(kind, spec, steps, params)
+    report = schedule_mac_report(schedule, spec)
+    schedule = dataclasses.replace(schedule, metrics=report.as_metrics())
+    save_schedule(schedule, output)
+    return schedule, report

@@ -6,14 +6,16 @@ reports milliseconds per image; warm-up calls are kept apart from the timed ones
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from ecad_ray.caching.hooks import apply_schedule
-from ecad_ray.caching.schedule import Schedule
+from ecad_ray.caching.apply import apply_schedule
+from ecad_ray.caching.schedule import Schedule, load_schedule, save_schedule
 from ecad_ray.caching.validate import validate_schedule
 from ecad_ray.errors import UserError
 from ecad_ray.models.loading import load_pipeline, resolve_device, resolve_dtype
@@ -96,3 +98,17 @@ def bench_schedule(schedule: Schedule, config: BenchConfig, source: str = "") ->
         "warmups": timings[: config.warmups],
         "latencies": latencies,
     }
+
+
+def bench_schedule_file(file: str | Path, config: BenchConfig,
+                        output: str | Path | None = None) -> tuple[Schedule, dict, Path]:
+    """Time the schedule in `file` and write it, with `metrics.latency`, to `output` (default: `file`).
+
+    Returns the schedule as written, the latency record and where it went.
+    """
+    schedule = load_schedule(file)
+    latency = bench_schedule(schedule, config, source=str(file))
+    schedule = dataclasses.replace(schedule, metrics={**(schedule.metrics or {}), "latency": latency})
+    target = Path(output or file)
+    save_schedule(schedule, target)
+    return schedule, latency, target

@@ -83,6 +83,14 @@ class MacReport:
         """Fraction of the uncached cost this schedule pays."""
         return self.total / self.full
 
+    def as_metrics(self) -> dict:
+        """This report in ECAD's schedule-file `metrics` layout (what `schedule make` stores)."""
+        return {
+            "by_inference_step": {k: {"macs": v} for k, v in self.by_step.items()},
+            "total_macs": self.total,
+            "total_macs_T": self.total / 1e12,
+        }
+
 
 def _samples(spec: TransformerSpec, schedule: Schedule, step: int, cfg: bool) -> int:
     gate = schedule.tgate_gate_step if spec.model_family.supports_tgate else None

@@ -78,7 +78,7 @@ def native_size(pipe) -> tuple[int, int] | None:
 
 def resolve_sampling(
     options: ImageOptions,
-    spec: ModelSpec,
+    model_spec: ModelSpec,
     registry: bool,
     pipe,
     turbo: bool,
@@ -97,7 +97,7 @@ def resolve_sampling(
                 f"{schedule_steps} steps; leave --steps out or pass --steps {schedule_steps}"
             )
     if registry:
-        steps, cfg = spec.steps, spec.guidance_scale
+        steps, cfg = model_spec.steps, model_spec.guidance_scale
     elif turbo:
         steps, cfg = TURBO_STEPS, TURBO_CFG
     else:
@@ -107,7 +107,7 @@ def resolve_sampling(
         if note:
             notes.append(note)
     elif registry:
-        width, height = spec.width, spec.height
+        width, height = model_spec.width, model_spec.height
     else:
         size = native_size(pipe)
         if size is None:

@@ -27,7 +27,7 @@ class LoadedModel:
     """A ready pipeline and where it came from."""
 
     pipe: object
-    spec: ModelSpec
+    model_spec: ModelSpec
     registry: bool  # True: ECAD's own defaults (steps, cfg, size) apply
     folder: Path | None  # local save_pretrained folder, when the model is one
     dtype: torch.dtype
@@ -40,7 +40,7 @@ def is_registry_name(model: str) -> bool:
     return model == "demo" or model in REGISTRY
 
 
-def choose_dtype(name: str, spec: ModelSpec, registry: bool, device: torch.device) -> torch.dtype:
+def choose_dtype(name: str, model_spec: ModelSpec, registry: bool, device: torch.device) -> torch.dtype:
     """`auto`: fp32 on a CPU; on a GPU a registry model's own dtype, else bf16 where the GPU
     computes it natively and fp16 otherwise. Explicit names are taken as given."""
     if name != "auto":
@@ -48,7 +48,7 @@ def choose_dtype(name: str, spec: ModelSpec, registry: bool, device: torch.devic
     if device.type != "cuda":
         return torch.float32
     if registry:
-        return _TORCH_DTYPES[spec.dtype]
+        return _TORCH_DTYPES[model_spec.dtype]
     major, _ = torch.cuda.get_device_capability(device)
     return torch.bfloat16 if major >= 8 else torch.float16  # native bf16 from Ampere (8.0) on
 
@@ -59,28 +59,28 @@ def load_model(model: str, dtype_name: str, device: torch.device, offload: bool 
     With `offload` the weights stay in CPU memory (model CPU offload moves each component to
     the GPU only while it runs), so the GPU never holds the whole model at once.
     """
-    spec = resolve_model(model)
+    model_spec = resolve_model(model)
     registry = is_registry_name(model)
-    dtype = choose_dtype(dtype_name, spec, registry, device)
+    dtype = choose_dtype(dtype_name, model_spec, registry, device)
     place = torch.device("cpu") if offload else device
     notes: list[str] = []
     if device.type == "cpu" and dtype == torch.float16:
         notes.append("fp16 on a CPU is slow and not every op supports it; --dtype auto uses fp32 here")
     if registry:
-        pipe = load_pipeline(spec, place, dtype)
-        return LoadedModel(pipe, spec, True, None, dtype, None, notes)
-    folder = Path(spec.pipeline_source) if Path(spec.pipeline_source).is_dir() else None
-    class_name = spec.pipeline_class or _hub_pipeline_class(model)
+        pipe = load_pipeline(model_spec, place, dtype)
+        return LoadedModel(pipe, model_spec, True, None, dtype, None, notes)
+    folder = Path(model_spec.pipeline_source) if Path(model_spec.pipeline_source).is_dir() else None
+    class_name = model_spec.pipeline_class or _hub_pipeline_class(model)
     check_text_to_image(model, class_name)
     variant = "fp16" if dtype == torch.float16 else None  # half the bytes to read, same numbers
     try:
-        pipe = _from_pretrained(model, spec.pipeline_source, dtype, variant)
+        pipe = _from_pretrained(model, model_spec.pipeline_source, dtype, variant)
     except _NoVariant:
         notes.append("no fp16 weight variant in this model; loaded the default weights as fp16")
         variant = None
-        pipe = _from_pretrained(model, spec.pipeline_source, dtype, None)
+        pipe = _from_pretrained(model, model_spec.pipeline_source, dtype, None)
     pipe.set_progress_bar_config(disable=True)
-    return LoadedModel(pipe.to(place), spec, False, folder, dtype, variant, notes)
+    return LoadedModel(pipe.to(place), model_spec, False, folder, dtype, variant, notes)
 
 
 def check_text_to_image(model: str, class_name: str) -> None:

@@ -94,7 +94,7 @@ def _configure(loaded, options: ImageOptions, device: torch.device, report: Imag
         report.notes.extend(f"schedule: {w}" for w in warnings)
     evidence = None if loaded.registry else turbo_evidence(options.model, loaded.folder)
     sampling, notes = resolve_sampling(
-        options, loaded.spec, loaded.registry, pipe, evidence is not None,
+        options, loaded.model_spec, loaded.registry, pipe, evidence is not None,
         schedule_steps=schedule.num_inference_steps if schedule is not None else None,
     )
     if evidence and (options.steps is None or options.cfg is None):
@@ -137,7 +137,7 @@ def _call_kwargs(pipe, options: ImageOptions, loaded, sampling) -> dict:
             raise UserError(f"--negative-prompt: {type(pipe).__name__} takes no negative prompt")
         kwargs["negative_prompt"] = options.negative_prompt
     if loaded.registry:  # as `ecad-ray generate` runs registry models (ECAD's settings)
-        text = loaded.spec.model_family.prompt_kwargs(loaded.spec.max_sequence_length)
+        text = loaded.model_spec.model_family.prompt_kwargs(loaded.model_spec.max_sequence_length)
         kwargs.update((k, v) for k, v in text.items() if k in params)
     if "use_resolution_binning" in params and _binning_unsupported(pipe):
         kwargs["use_resolution_binning"] = False

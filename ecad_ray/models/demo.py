@@ -191,3 +191,24 @@ def sample_images(pipe, captions: list[str], seed: int = 0, batch_size: int = 16
         ).images
         out.append(np.clip(np.rint(images * 255), 0, 255).astype(np.uint8))
     return np.concatenate(out)
+
+
+def save_grid(rows: list, path: Path, scale: int = 3) -> Path:
+    """Save rows of equal-size images (each row N x H x W x 3 uint8) as one PNG, upscaled
+    `scale` times with 2 px white gaps: the demo's sample and full-vs-cached figures."""
+    import numpy as np
+    from PIL import Image
+
+    from ecad_ray.atomic import atomic_path
+
+    h, w = rows[0][0].shape[:2]
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    cell_h, cell_w = h * scale + 2, w * scale + 2
+    canvas = np.full((n_rows * cell_h + 2, n_cols * cell_w + 2, 3), 255, np.uint8)
+    for r, row in enumerate(rows):
+        for c, img in enumerate(row):
+            big = np.kron(img, np.ones((scale, scale, 1), np.uint8))
+            canvas[2 + r * cell_h:2 + r * cell_h + h * scale, 2 + c * cell_w:2 + c * cell_w + w * scale] = big
+    with atomic_path(path) as tmp:
+        Image.fromarray(canvas).save(tmp, format="PNG")
+    return Path(path)

@@ -3,7 +3,7 @@
 A model is named by a registry name (`demo`, `pixart-alpha-256`, `pixart-sigma-256`,
 `flux-dev`), a Hugging Face hub id, or a local folder written by `save_pretrained`. ECAD
 runs PixArt with the transformer from one repo and text encoder / VAE / scheduler from
-another, so a spec keeps the two sources apart.
+another, so a model spec keeps the two sources apart.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def _pipeline_class_of_folder(folder: Path) -> str | None:
 
 
 def resolve_model(name: str) -> ModelSpec:
-    """Turn a user's `--model` value into a spec, or raise a one-line `UserError`."""
+    """Turn a user's `--model` value into a `ModelSpec`, or raise a one-line `UserError`."""
     if name == "demo":
         return _demo_spec()
     if name in REGISTRY:

@@ -8,11 +8,13 @@ import pytest
 
 from ecad_ray.caching import load_schedule, save_schedule, validate_schedule
 from ecad_ray.caching.baselines import (
+    BaselineParams,
     default_schedule,
     delta_dit_schedule,
     every_schedule,
     fora_schedule,
     tgate_schedule,
+    write_baseline,
 )
 from ecad_ray.caching.spec import resolve_spec
 from ecad_ray.errors import UserError
@@ -173,6 +175,22 @@ def test_bad_baseline_options_are_user_errors():
         tgate_schedule(spec, 20, 30)
     with pytest.raises(UserError, match="TGATE needs PixArt"):
         tgate_schedule(resolve_spec("flux-dev"), 20, 10)
+
+
+def test_write_baseline_picks_the_kind_and_stores_its_macs(tmp_path):
+    spec = resolve_spec("demo")
+    schedule, report = write_baseline("delta-dit", "demo", tmp_path / "d.json", 12,
+                                      BaselineParams(interval=3, num_cached_blocks=1, boundary_step=6))
+    assert _bits(schedule) == _bits(delta_dit_schedule(spec, 12, 1, 6, 3))
+    written = load_schedule(tmp_path / "d.json")
+    assert written.metrics["total_macs"] == report.total < report.full
+    assert written.metrics["by_inference_step"]["000"]["macs"] == report.by_step["000"]
+    for kind, params, message in [("every", BaselineParams(), "--every: give per-component intervals"),
+                                  ("magic", BaselineParams(), "make magic: unknown kind"),
+                                  ("fora", BaselineParams(interval=0), "--interval: must be a positive integer")]:
+        with pytest.raises(UserError, match=message):
+            write_baseline(kind, "demo", tmp_path / f"{kind}.json", 12, params)
+        assert not (tmp_path / f"{kind}.json").exists()
 
 
 def test_schedule_is_frozen_and_metrics_survive_replace(tmp_path):

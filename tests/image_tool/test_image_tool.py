@@ -139,7 +139,7 @@ def test_size_option_rounds_and_says_so(zoo, tmp_path):
 def test_default_steps_and_cfg_for_plain_and_turbo_models(zoo):
     plain = load_model(str(zoo["sd"]), "auto", CPU)
     options = ImageOptions(model=str(zoo["sd"]), prompt="x")
-    sampling, _ = resolve_sampling(options, plain.spec, plain.registry, plain.pipe, turbo=False)
+    sampling, _ = resolve_sampling(options, plain.model_spec, plain.registry, plain.pipe, turbo=False)
     assert (sampling.steps, sampling.cfg, sampling.width, sampling.height) == (30, 7.5, 16, 16)
     assert turbo_evidence(str(zoo["sd"]), zoo["sd"]) is None
     assert "Turbo" in turbo_evidence("stabilityai/sdxl-turbo", None)

@@ -60,6 +60,7 @@ def test_run_writes_images_table_embeddings_and_run_json(base_run):
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "complete" and run["settings"]["height"] == 32
     assert "torch" in run["versions"] and run["device"]
+    assert 0 < run["wall_seconds"] and run["wall_seconds"] == pytest.approx(summary.wall_seconds, abs=1.0)
 
 
 def test_images_do_not_depend_on_batch_size_or_workers(base_run, tmp_path):
