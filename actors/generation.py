@@ -90,7 +90,7 @@ class GeneratorStage(Stage):
         "row": "row inside the shard",
         "seed": "the image's seed: its starting noise depends on it alone",
     }
-    produces = {"image": "uint8 array (H, W, 3)", "seconds": "generation seconds per image", **CACHE_COLUMNS}
+    produces = {"image": "uint8 array (H, W, 3)", "seconds_per_image": "generation seconds per image", **CACHE_COLUMNS}
 
     def __init__(
         self,
@@ -122,7 +122,7 @@ class GeneratorStage(Stage):
         start = time.perf_counter()
         images = self.generator(embeddings, seeds)
         batch["image"] = images
-        batch["seconds"] = np.full(n, (time.perf_counter() - start) / n)
+        batch["seconds_per_image"] = np.full(n, (time.perf_counter() - start) / n)
         after = self._cache_counts()
         batch["cache_computed"] = _spread(after[0] - before[0], n)
         batch["cache_reused"] = _spread(after[1] - before[1], n)

@@ -67,5 +67,5 @@ def result_record(batch: dict, i: int, settings: dict, image_path: str) -> dict:
         "steps": settings["steps"],
         "guidance_scale": float(settings["guidance_scale"]),
         "image_path": image_path,
-        "seconds": float(batch["seconds"][i]),
+        "seconds_per_image": float(batch["seconds_per_image"][i]),
     }

@@ -167,10 +167,10 @@ def main() -> None:
         lpips, backbone = LpipsScorer(random_backbone=True), "random (no ImageNet weights here)"
     qual, images = quality(load_var_model(args.quality_model), args.quality_images, lpips)
     if args.grid:
-        from ecad_ray.benchmarking import grid_png
+        from ecad_ray.models.demo import save_grid
 
         rows = ["unpruned", "seed tail", "fastvar-like"]
-        grid_png([images[r][:8] for r in rows], args.grid)
+        save_grid([images[r][:8] for r in rows], args.grid)
         print(f"grid -> {args.grid} (rows: {', '.join(rows)}; the first 8 held-out captions, same seeds)")
 
     base = timings["unpruned"]

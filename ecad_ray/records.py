@@ -36,7 +36,7 @@ RESULTS_SCHEMA = pa.schema(
         ("steps", pa.int64()),
         ("guidance_scale", pa.float64()),
         ("image_path", pa.string()),  # relative to the run folder
-        ("seconds", pa.float64()),  # generation time per image (batch time / batch size)
+        ("seconds_per_image", pa.float64()),  # generation time per image (batch time / batch size)
         ("macs", pa.float64()),  # transformer MACs of this image when it varies per image (VAR); else run.json's
     ]
 )
@@ -62,7 +62,20 @@ def read_png_record(path: Path) -> dict | None:
             text = img.text.get(PNG_KEY)  # type: ignore[attr-defined]
     except (OSError, SyntaxError):
         return None
-    return json.loads(text) if text else None
+    return renamed_legacy(json.loads(text)) if text else None
+
+
+LEGACY_NAMES = {"seconds": "seconds_per_image"}  # column names of runs written before the rename
+
+
+def current_name(name: str) -> str:
+    """Today's name of a results column (an older run may have written its former name)."""
+    return LEGACY_NAMES.get(name, name)
+
+
+def renamed_legacy(row: dict) -> dict:
+    """A result row (or column dict) from an older run, with today's column names."""
+    return {current_name(k): v for k, v in row.items()}
 
 
 NOT_APPLIED = "none"  # the schedule of an uncached run, the pruning of an unpruned one

@@ -2,7 +2,7 @@
 
 Both kinds of run folder hold `results.parquet` (`ecad_ray.records.RESULTS_SCHEMA`, one row per
 image: prompt_id, prompt, seed, model, schedule, pruning, height, width, steps,
-guidance_scale, image_path, seconds, macs; partition optional). A `generate` run keeps its
+guidance_scale, image_path, seconds_per_image, macs; partition optional). A `generate` run keeps its
 images under `images/` and may give its MACs once in `run.json` (applied to every image whose
 row has none); a `var generate` run keeps them in `<item>/image.png` and records MACs per row
 (pruning may differ per image). Image paths are relative to the run directory (absolute paths
@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from ecad_ray.errors import UserError
 from ecad_ray.metrics.fid import load_rgb
-from ecad_ray.records import NOT_APPLIED, RESULTS_FILE
+from ecad_ray.records import NOT_APPLIED, RESULTS_FILE, current_name, renamed_legacy
 
 RESULTS = RESULTS_FILE
 REQUIRED_COLUMNS = ("prompt_id", "prompt", "seed", "model", "schedule", "image_path")
@@ -83,8 +83,9 @@ def read_results(root: Path, columns: list[str], option: str = "RUN_DIR") -> pa.
     tables = []
     for run in run_dirs(root, option):
         file = results_file(run, option)
-        have = [c for c in columns if c in file.schema_arrow.names]
-        table = file.read(columns=have)
+        stored = {current_name(n): n for n in file.schema_arrow.names}  # today's name -> the file's
+        have = [c for c in columns if c in stored]
+        table = file.read(columns=[stored[c] for c in have]).rename_columns(have)
         for c in columns:
             if c not in have:
                 table = table.append_column(c, _missing_column(c, table.num_rows))
@@ -104,7 +105,7 @@ def iter_result_batches(root: Path, batch_size: int) -> Iterator[dict]:
     for run in run_dirs(root):
         macs = run_macs(run)
         for record_batch in results_file(run).iter_batches(batch_size=batch_size):
-            batch = record_batch.to_pydict()
+            batch = renamed_legacy(record_batch.to_pydict())
             n = record_batch.num_rows
             batch.setdefault("pruning", [NOT_APPLIED] * n)
             batch["macs"] = [macs if m is None else m for m in batch.get("macs", [None] * n)]
@@ -187,7 +188,7 @@ class ReferenceImages:
                  pruning: str | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.schedule, self.pruning = pick_reference(settings_of(self.run_dir, option), schedule, pruning)
-        table = read_results(self.run_dir, ["prompt_id", "seed", "image_path", "schedule", "pruning", "seconds", "model"],
+        table = read_results(self.run_dir, ["prompt_id", "seed", "image_path", "schedule", "pruning", "seconds_per_image", "model"],
                              option)
         table = table.filter(pc.and_(pc.equal(table.column("schedule"), self.schedule),
                                      pc.equal(table.column("pruning"), self.pruning)))
@@ -202,7 +203,7 @@ class ReferenceImages:
                 table.column("image_path").to_pylist(),
             )
         }
-        self.seconds_per_image = _mean(table, "seconds")
+        self.seconds_per_image = _mean(table, "seconds_per_image")
 
     def _key(self, model, prompt_id, seed) -> tuple:
         return (None if self.single_model else str(model), str(prompt_id), int(seed))

@@ -46,7 +46,7 @@ METRICS_SCHEMA = pa.schema(
         _field("partition", pa.string(), "COCO megabatch / MJHQ or Parti category, '' if none", False),
         _field("prompt", pa.string(), "prompt text"),
         _field("image_path", pa.string(), "image file, relative to the run directory"),
-        _field("seconds", pa.float64(), "generation seconds per image, from results.parquet"),
+        _field("seconds_per_image", pa.float64(), "generation seconds per image, from results.parquet"),
         _field("macs", pa.float64(), "transformer multiply-accumulates per image (DiT: the model's own text length; "
                                      "VAR: the scales as pruned, CFG rows included), when recorded"),
         _field("clip_score", pa.float64(), "100 * max(cos(CLIP image, CLIP text), 0); higher is better"),
@@ -162,7 +162,7 @@ def summarize(
     `reference_seconds` is the reference run's seconds per image when the reference is another
     run; otherwise the reference setting of the same model in this run sets the speedup.
     """
-    columns = ["model", "schedule", "pruning", "partition", ERROR_COLUMN, "macs", "seconds", *QUALITY_COLUMNS]
+    columns = ["model", "schedule", "pruning", "partition", ERROR_COLUMN, "macs", "seconds_per_image", *QUALITY_COLUMNS]
     data = pq.read_table(metrics_path, columns=columns).to_pydict()
     reference = None if reference_schedule is None else (reference_schedule, reference_pruning)
     groups: dict[tuple[str, str, str], list[int]] = {}
@@ -197,7 +197,7 @@ def _summary_row(key: tuple[str, str, str], part, group: dict[str, list], refere
         "n_errors": sum(e is not None for e in group[ERROR_COLUMN]),
         "is_reference": (schedule, pruning) == reference,
         "macs": _mean_std(group["macs"])[0],
-        "seconds_per_image": _mean_std(group["seconds"])[0],
+        "seconds_per_image": _mean_std(group["seconds_per_image"])[0],
     }
     for col in QUALITY_COLUMNS:
         row[f"{col}_mean"], row[f"{col}_std"] = _mean_std(group[col], finite_only=col == "psnr")

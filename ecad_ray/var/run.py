@@ -216,7 +216,7 @@ def result_row(config: dict[str, Any]) -> dict[str, Any]:
         "prompt": config["prompt"] or config["class_name"], "partition": "", "seed": config["seed"],
         "model": config["model"], "schedule": NOT_APPLIED, "pruning": config["controller"],
         "height": config["image_size"], "width": config["image_size"], "guidance_scale": config["sampling"]["cfg"],
-        "image_path": f"{config['item_name']}/image.png", "seconds": config["seconds_per_image"],
+        "image_path": f"{config['item_name']}/image.png", "seconds_per_image": config["seconds_per_image"],
         "macs": config["transformer_macs"],
     }
 

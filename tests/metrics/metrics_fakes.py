@@ -39,7 +39,7 @@ def write_run(run_dir: Path, schedule: str, images: list[np.ndarray], seconds: f
             "prompt_index": i, "prompt_id": f"p{i}", "prompt": f"a red circle number {i}",
             "negative_prompt": "", "partition": partitions[i] if partitions else "",
             "seed": seed, "model": model, "schedule": schedule, "height": SIZE, "width": SIZE,
-            "steps": 20, "guidance_scale": 4.5, "image_path": rel, "seconds": seconds,
+            "steps": 20, "guidance_scale": 4.5, "image_path": rel, "seconds_per_image": seconds,
         }
         write_png(image, run_dir / rel, row)
         rows.append(row)

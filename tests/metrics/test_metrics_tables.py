@@ -301,3 +301,23 @@ def test_reference_images_are_matched_within_each_model(tmp_path):
     result = evaluate_run(tmp_path, MetricsConfig(metrics=("psnr",)))
     rows = pq.read_table(result.metrics_path).to_pylist()
     assert all(r["psnr"] == math.inf for r in rows)  # each image against its own model's baseline
+
+
+def test_runs_written_before_the_seconds_rename_still_score(tmp_path):
+    """Older results.parquet files and PNG records call the per-image time `seconds`."""
+    from ecad_ray.metrics.runs import read_results
+    from ecad_ray.records import read_png_record, write_png
+
+    images = base_images(2)
+    for schedule, secs in (("none", 2.0), ("fast", 1.0)):
+        run = write_run(tmp_path / schedule, schedule, images, secs)
+        table = pq.read_table(run / "results.parquet")
+        old = table.rename_columns(["seconds" if n == "seconds_per_image" else n for n in table.column_names])
+        pq.write_table(old, run / "results.parquet")
+    table = read_results(tmp_path, ["schedule", "seconds_per_image"])
+    assert sorted(zip(*table.to_pydict().values())) == [("fast", 1.0), ("fast", 1.0), ("none", 2.0), ("none", 2.0)]
+    write_png(images[0], tmp_path / "old.png", {"seed": 7, "seconds": 1.5})  # a resumed run reads these back
+    assert read_png_record(tmp_path / "old.png") == {"seed": 7, "seconds_per_image": 1.5}
+    result = evaluate_run(tmp_path, MetricsConfig(metrics=("psnr",), **FAST), batch_size=4)
+    s = by_schedule(pq.read_table(result.summary_path))
+    assert s["fast"]["speedup"] == pytest.approx(2.0)

@@ -46,7 +46,7 @@ def test_run_writes_images_table_embeddings_and_run_json(base_run):
     assert table.num_rows == 6
     assert set(table.column_names) >= {
         "prompt_id", "prompt", "seed", "model", "schedule", "height", "width", "steps",
-        "guidance_scale", "image_path", "seconds",
+        "guidance_scale", "image_path", "seconds_per_image",
     }
     rows = table.to_pylist()
     assert {(r["prompt_id"], r["seed"]) for r in rows} == {(str(i), s) for i in range(3) for s in (0, 1)}
