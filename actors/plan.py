@@ -25,11 +25,9 @@ from pathlib import Path
 
 from actors.generation import EncodeThenGenerateStage, GeneratorStage, TextEncoderStage
 from actors.metrics import MetricsStage
-from actors.pipeline import (  # noqa: F401  (quiet_ray_data, VERBOSE_ENV: part of this module's API)
-    VERBOSE_ENV,
+from actors.pipeline import (
     StageSpec,
     check_plan,
-    quiet_ray_data,
     ray_log_level,
     run_stages,
 )

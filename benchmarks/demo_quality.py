@@ -13,7 +13,6 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 
 import ecad_ray  # noqa: F401  (patches torchvision before diffusers loads)
 

@@ -95,7 +95,8 @@ def ray_data_floor(cfg: GenerateConfig) -> float:
     one block per batch, prefetch 0) when the actor loads nothing."""
     import ray
 
-    from actors.plan import local_cpus, quiet_ray_data, ray_session
+    from actors.pipeline import quiet_ray_data
+    from actors.plan import local_cpus, ray_session
 
     # the workers cannot import this script: send _Passthrough's code along with it
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])

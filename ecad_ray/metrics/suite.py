@@ -9,7 +9,6 @@ the CLI can print each once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 
 import numpy as np
 
@@ -146,7 +145,3 @@ def _comparable(metric: str, images, refs, errors) -> list[int]:
             rows.append(i)
     return rows
 
-
-def metric_columns(metrics: Sequence[str]) -> list[str]:
-    """The per-image table columns the given metric names fill."""
-    return [METRIC_COLUMNS[m] for m in PER_IMAGE_METRICS if m in metrics]

@@ -84,9 +84,6 @@ SUMMARY_SCHEMA = pa.schema(
 )
 
 
-def schema_doc(schema: pa.Schema) -> dict[str, str]:
-    """Column name -> description, as stored in the schema (for docs and `report`)."""
-    return {f.name: f.metadata[b"description"].decode() for f in schema}
 
 
 class MetricsTableWriter:

@@ -143,9 +143,6 @@ def _read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     return {re.sub(r"^(module\.|_orig_mod\.)+", "", k): v for k, v in sd.items()}
 
 
-def is_foundation_vision_var(sd: dict) -> bool:
-    """True for a transformer state dict in FoundationVision's layout (their `lvl_embed` name)."""
-    return "lvl_embed.weight" in sd and "class_emb.weight" in sd and "blocks.0.attn.mat_qkv.weight" in sd
 
 
 def _rename_var_keys(sd: dict) -> dict:

@@ -321,8 +321,3 @@ class VQVAE(nn.Module):
         f_hat, vq_loss = self.quantize(self.quant_conv(self.encoder(img_B3HW)))
         return self.decoder(self.post_quant_conv(f_hat)), vq_loss
 
-
-def fhat_hw(patch_nums: tuple[int, ...]) -> int:
-    """Side of the full-resolution latent map (the last scale)."""
-    return patch_nums[-1]
-
