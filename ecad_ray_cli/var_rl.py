@@ -1,4 +1,5 @@
-"""`ecad-ray var rl train|frontier`: train the RL pruning policy on Ray; compare every method."""
+"""`ecad-ray var rl train|frontier|export`: train the RL pruning policy on Ray; compare every method;
+write a policy in its shipping form."""
 
 from __future__ import annotations
 
@@ -86,3 +87,15 @@ def frontier(
         typer.echo(f"{row['method']:<22} FLOPs {row['flops_share']:.3f}  SSIM {row['ssim']:.3f}  "
                    f"PSNR {row['psnr']:.1f}  {row['seconds_per_image'] * 1e3:.2f} ms/image")
     typer.echo(f"-> {output_dir / 'frontier.parquet'}, {output_dir / 'frontier.png'}")
+
+
+@rl_app.command("export")
+def export(
+    policy: Annotated[Path, typer.Argument(help="A trained policy.safetensors (policy.json beside it).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where the compact policy goes (.safetensors; its .json beside it).")],
+) -> None:
+    """Write a policy in its shipping form: weights only, config and final figures (a few tens of KB)."""
+    from ecad_ray.var.rl.checkpoint import export_policy
+
+    dest = export_policy(policy, output)
+    typer.echo(f"policy -> {dest} ({dest.stat().st_size // 1024} KB) and {dest.with_suffix('.json').name}")

@@ -19,7 +19,7 @@ from ecad_ray.var.rl.state import ModelFacts, parse_actions
 def policy_file(tmp_path):
     facts = ModelFacts.of(load_var_model("random:tiny"))
     torch.manual_seed(1)
-    policy = Policy(PolicyConfig("random:tiny", facts.patch_nums, facts.cond, facts.cond_dim,
+    policy = Policy(PolicyConfig("random:tiny", facts.fingerprint, facts.patch_nums, facts.cond, facts.cond_dim,
                                  parse_actions("0,0.5,skip"), (0.5,), 0.0, 8))
     torch.nn.init.normal_(policy.net[-1].weight, std=3.0)
     path = tmp_path / "policy.safetensors"
@@ -71,5 +71,5 @@ def test_generate_with_a_bad_policy_is_one_line(tmp_path, monkeypatch, capsys, p
     err = one_line_error(monkeypatch, capsys, [*base, "--model", "random:tiny",
                                                "--controller", f"rl:{tmp_path}/nope.safetensors"])
     assert err == f"error: --controller rl:{tmp_path}/nope.safetensors: policy file not found"
-    err = one_line_error(monkeypatch, capsys, [*base, "--model", "random:demo-var", "--controller", f"rl:{policy_file}"])
-    assert "policy was trained for scales 1,2,3,4, this model has 1,2,3,4,6,8" in err
+    err = one_line_error(monkeypatch, capsys, [*base, "--model", "random:demo-var-digits", "--controller", f"rl:{policy_file}"])
+    assert "policy was trained for model random:tiny" in err and "trained for scales 1,2,3,4, this model has 1,2,3,4,6,8" in err
