@@ -36,8 +36,37 @@ def test_frontier_rows_and_files(policy_file, tmp_path):
     for b in (0.3, 0.6):
         assert rows[f"rl @{b:g}"]["flops_share"] <= b + 1e-9
     assert rows["tail pattern"]["ssim"] < 1.0 and rows["tail pattern"]["flops_share"] < 1.0
-    assert pq.read_table(tmp_path / "f" / "frontier.parquet").num_rows == 6
+    assert rows["unpruned"]["lpips"] == pytest.approx(0, abs=1e-6) and rows["tail pattern"]["lpips"] > 0
+    assert all(r["judge_accuracy"] is None for r in rows.values())  # a class model has no judge
+    written = pq.read_table(tmp_path / "f" / "frontier.parquet")
+    assert written.num_rows == 6 and written.schema.metadata[b"lpips_backbone"] in (b"ImageNet", b"random (ImageNet weights absent)")
     assert (tmp_path / "f" / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_frontier_of_a_text_model_is_judged_on_heldout_captions(tmp_path):
+    from ecad_ray.var.checkpoints import build_models, save_pipeline
+    from ecad_ray.var.config import preset
+
+    config = preset("tiny", cond="text", text_dim=16)
+    save_pipeline(tmp_path / "text.safetensors", config, *build_models(config, seed=0))
+    table = run_frontier(str(tmp_path / "text.safetensors"), tmp_path / "f", None, uniform=(0.5,),
+                         seeds_per_condition=1, batch_size=4, lpips=False, conditions=4)
+    rows = {r["method"]: r for r in table.to_pylist()}
+    assert all(r["images"] == 4 and 0 <= r["judge_accuracy"] <= 1 for r in rows.values())
+    assert all(r["lpips"] is None for r in rows.values())
+
+
+def test_judge_accuracy_reads_captions_back():
+    """Real renders of held-out captions score high; the same images under other captions lower."""
+    from ecad_ray.shapes import heldout_captions, render_captions
+    from ecad_ray.var.rl.frontier import judge_accuracy
+
+    captions = heldout_captions(16)
+    images = render_captions(captions, seed=0).images
+    right = judge_accuracy(captions, images)
+    wrong = judge_accuracy(captions[1:] + captions[:1], images)
+    assert right > 0.8 and wrong < right - 0.2, (right, wrong)
+    assert judge_accuracy(["one", "two"], images[:2]) is None  # not demo captions
 
 
 def one_line_error(monkeypatch, capsys, argv: list[str]) -> str:
