@@ -1,7 +1,7 @@
-"""`ecad-ray var generate|spectra|train`: VAR next-scale generation with per-scale pruning.
+"""`ecad-ray var generate|eval|spectra|train`: VAR next-scale generation with per-scale pruning.
 
 A `var generate` run folder is scored like any run: `ecad-ray metrics`, `ecad-ray report`,
-`ecad-ray demo score` (the former `var eval` is one of those now)."""
+`ecad-ray demo score`; `var eval` is the original-vs-pruned table over those same metrics."""
 
 from __future__ import annotations
 
@@ -93,12 +93,52 @@ def launch_generate(rows, options, output_dir, num_workers, batch_size, address=
                             address=address)
 
 
-@var_app.command("eval", hidden=True, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def eval_cmd() -> None:
-    """Replaced by the shared metrics (kept so the old command says where to go)."""
-    raise UserError("var eval: VAR runs are scored like every run now: put the runs in one folder and run "
-                    "`ecad-ray metrics FOLDER --metrics psnr,ssim,lpips` (the unpruned run is the reference), "
-                    "then `ecad-ray report FOLDER`")
+@var_app.command("eval")
+def eval_cmd(
+    orig: Annotated[Path, typer.Option(help="The unpruned run (a `var generate` folder): the reference.")],
+    fast: Annotated[Path, typer.Option(help="A pruned run of the same conditions and seeds.")],
+    rl: Annotated[Optional[Path], typer.Option(help="An RL-controlled run (optional).")] = None,
+    metrics: Annotated[str, typer.Option("--metrics", help="Comma list (as `ecad-ray metrics`).")] = "psnr,ssim,lpips",
+    lpips_backbone: Annotated[Optional[str], typer.Option(help="torchvision ImageNet weights file for the LPIPS backbone.")] = None,
+    lpips_random_backbone: Annotated[bool, typer.Option(help="Random LPIPS backbone (the default when ImageNet weights are absent).")] = False,
+    batch_size: Annotated[int, typer.Option(help="Images scored per batch.")] = 16,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+) -> None:
+    """Original vs pruned: PSNR / SSIM / LPIPS against --orig, seconds per image and speedup, one
+    row per run (scored by the shared metrics: each run gets its metrics.parquet / summary.parquet)."""
+    from ecad_ray.metrics.compare import COMPARE_COLUMNS, compare_runs, lpips_backbone_note
+    from ecad_ray.metrics.config import MetricsConfig, parse_metric_names
+    from ecad_ray.models.loading import resolve_device
+
+    config = MetricsConfig(metrics=parse_metric_names(metrics), device=str(resolve_device(device)),
+                           lpips_backbone=lpips_backbone, lpips_random_backbone=lpips_random_backbone)
+    config, backbone = lpips_backbone_note(config)
+    runs = {"fast": fast} | ({"rl": rl} if rl else {})
+    rows, errors = compare_runs(orig, runs, config, batch_size)
+    _print_table(rows, COMPARE_COLUMNS, f"VAR eval vs {orig}")
+    if config.wants("lpips"):
+        typer.echo(f"LPIPS backbone: {backbone}")
+    typer.echo("per-image metrics -> " + ", ".join(str(p / "metrics.parquet") for p in runs.values()))
+    if errors:
+        raise UserError(f"{len(errors)} metric(s) could not run: " + "; ".join(errors.values()))
+
+
+def _print_table(rows: list[dict], columns, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("set", "pruning") else "right")
+    for row in rows:
+        table.add_row(*[_fmt(row[c]) for c in columns])
+    Console(width=140).print(table)
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "-"
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
 @var_app.command("spectra")

@@ -1,4 +1,5 @@
-"""`ecad-ray var rl train|frontier`: train the RL pruning policy on Ray; compare every method."""
+"""`ecad-ray var rl train|frontier|export`: train the RL pruning policy on Ray; compare every method;
+write a policy in its shipping form."""
 
 from __future__ import annotations
 
@@ -76,13 +77,30 @@ def frontier(
     uniform: Annotated[str, typer.Option(help="Uniform ratio levels.")] = "0.25,0.5,0.75",
     num_images_per_prompt: Annotated[int, typer.Option(help="Held-out seeds per condition.")] = 8,
     batch_size: Annotated[int, typer.Option(help="Images per generation batch.")] = 16,
+    num_conditions: Annotated[Optional[int], typer.Option(help="Only the first N held-out classes / captions (default: all).")] = None,
+    lpips: Annotated[bool, typer.Option("--lpips/--no-lpips", help="LPIPS to the unpruned image (ImageNet AlexNet if cached, else a random backbone).")] = True,
 ) -> None:
     """Fidelity vs FLOPs of every method on held-out conditions and seeds: one table, one plot."""
     from ecad_ray.var.rl.frontier import run_frontier
 
     table = run_frontier(model, output_dir, policy, _budgets(budgets), _budgets(uniform), num_images_per_prompt,
-                         batch_size)
+                         batch_size, lpips, num_conditions)
     for row in table.to_pylist():
+        extra = "" if row["lpips"] is None else f"  LPIPS {row['lpips']:.3f}"
+        extra += "" if row["judge_accuracy"] is None else f"  judge {row['judge_accuracy']:.3f}"
         typer.echo(f"{row['method']:<22} FLOPs {row['flops_share']:.3f}  SSIM {row['ssim']:.3f}  "
-                   f"PSNR {row['psnr']:.1f}  {row['seconds_per_image'] * 1e3:.2f} ms/image")
+                   f"PSNR {row['psnr']:.1f}{extra}  {row['seconds_per_image'] * 1e3:.2f} ms/image")
+    typer.echo(f"LPIPS backbone: {table.schema.metadata[b'lpips_backbone'].decode()}")
     typer.echo(f"-> {output_dir / 'frontier.parquet'}, {output_dir / 'frontier.png'}")
+
+
+@rl_app.command("export")
+def export(
+    policy: Annotated[Path, typer.Argument(help="A trained policy.safetensors (policy.json beside it).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where the compact policy goes (.safetensors; its .json beside it).")],
+) -> None:
+    """Write a policy in its shipping form: weights only, config and final figures (a few tens of KB)."""
+    from ecad_ray.var.rl.checkpoint import export_policy
+
+    dest = export_policy(policy, output)
+    typer.echo(f"policy -> {dest} ({dest.stat().st_size // 1024} KB) and {dest.with_suffix('.json').name}")

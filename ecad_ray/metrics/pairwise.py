@@ -55,6 +55,11 @@ _TORCHVISION_BUILDERS = {"alex": "alexnet", "vgg": "vgg16", "squeeze": "squeezen
 LPIPS_MIN_SIDE = 32
 
 
+def backbone_cached(net: str = "alex") -> bool:
+    """True when torch's hub cache holds the ImageNet weights of LPIPS backbone `net`."""
+    return (Path(torch.hub.get_dir()) / "checkpoints" / _BACKBONE_FILES[net]).is_file()
+
+
 class LpipsScorer:
     """LPIPS distance with lpips' shipped linear heads on a torchvision backbone.
 
@@ -77,7 +82,7 @@ class LpipsScorer:
 
         self.device = torch.device(device)
         cached = Path(torch.hub.get_dir()) / "checkpoints" / _BACKBONE_FILES[net]
-        if backbone_weights is None and not random_backbone and not cached.is_file():
+        if backbone_weights is None and not random_backbone and not backbone_cached(net):
             raise UserError(
                 f"lpips: backbone weights {_BACKBONE_FILES[net]} not found (looked in {cached.parent}); "
                 f"pass --lpips-backbone PATH to torchvision's {_TORCHVISION_BUILDERS[net]} ImageNet "

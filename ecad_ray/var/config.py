@@ -10,6 +10,7 @@ real 256-px ImageNet model).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -113,6 +114,14 @@ class VarModelConfig:
     def to_json(self) -> str:
         """Pretty JSON text of `to_dict`."""
         return json.dumps(self.to_dict(), indent=2)
+
+    def fingerprint(self) -> str:
+        """Short hash of the whole config but its name: what a pruning policy trained on this model
+        is bound to (two models with the same scales but another tokenizer, transformer or
+        condition differ; a renamed copy does not)."""
+        data = self.to_dict()
+        data.pop("name")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _tuples(d: dict[str, Any]) -> dict[str, Any]:

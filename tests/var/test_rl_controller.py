@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -23,7 +25,7 @@ def pipe():
 def make_policy(pipe, path, seed=0, force_action=None, budgets=(1.0,), min_scale_share=0.0):
     """A policy with random weights (varied choices), or one forced to one action."""
     facts = ModelFacts.of(pipe)
-    cfg = PolicyConfig("random:tiny", facts.patch_nums, facts.cond, facts.cond_dim, parse_actions("0,0.25,0.5,0.75,skip"),
+    cfg = PolicyConfig("random:tiny", facts.fingerprint, facts.patch_nums, facts.cond, facts.cond_dim, parse_actions("0,0.25,0.5,0.75,skip"),
                        budgets, min_scale_share, 16)
     torch.manual_seed(seed)
     policy = Policy(cfg)
@@ -109,6 +111,57 @@ def test_bad_inputs_give_one_line(pipe, tmp_path):
     with pytest.raises(UserError, match="policy file not found"):
         make_controller(f"rl:{tmp_path}/missing.safetensors", pipe.patch_nums, pipe)
     path = make_policy(pipe, tmp_path / "p.safetensors")
-    other = load_var_model("random:demo-var")
+    other = load_var_model("random:demo-var-digits")
     with pytest.raises(UserError, match="trained for scales 1,2,3,4, this model has 1,2,3,4,6,8"):
         make_controller(f"rl:{path}", other.patch_nums, other)
+
+
+def test_a_policy_is_bound_to_its_models_config(pipe, tmp_path):
+    """Same scales and condition but another config (the digits vs the text demo case) is refused."""
+    path = make_policy(pipe, tmp_path / "p.safetensors")
+    policy = policy_controller(path, pipe)  # its own model: fine
+    assert policy.config.fingerprint == pipe.config.fingerprint()
+    twin = dataclasses.replace(ModelFacts.of(pipe), name="other", fingerprint="0123456789ab")
+    with pytest.raises(UserError, match=r"trained for model random:tiny \(config \w{12}\), not other "
+                                        r"\(config 0123456789ab\): same scales, another tokenizer"):
+        policy.config.check_model(twin, "--controller rl:p")
+    assert pipe.config.fingerprint() == dataclasses.replace(pipe.config, name="renamed").fingerprint()
+    wider = dataclasses.replace(pipe.config, var=dataclasses.replace(pipe.config.var, embed_dim=64))
+    assert wider.fingerprint() != pipe.config.fingerprint()
+
+
+def test_shipped_policies(tmp_path):
+    """rl:demo-var-digits drives the digits demo only; rl:demo-var says none is shipped yet."""
+    from ecad_ray.var.rl.checkpoint import SHIPPED, meta_path
+
+    digits = load_var_model("demo-var-digits")
+    controller = make_controller("rl:demo-var-digits@0.2", digits.patch_nums, digits)
+    result = generate_items(digits, digits.conditions(classes=[0, 1]), [0, 1], controller)
+    assert all(flops_share(ModelFacts.of(digits), r) <= 0.2 + 1e-9 for r in result.item_ratios)
+    shipped = SHIPPED["demo-var-digits"]
+    assert shipped.stat().st_size < 64_000 and meta_path(shipped).stat().st_size < 4_000  # small: no curves/moments
+    text = load_var_model("random:demo-var")
+    with pytest.raises(UserError, match="rl:demo-var-digits: policy was trained for model demo-var-digits"):
+        make_controller("rl:demo-var-digits", text.patch_nums, text)
+    if not SHIPPED["demo-var"].exists():
+        with pytest.raises(UserError, match="rl:demo-var: no shipped policy for demo-var yet; train one with"):
+            make_controller("rl:demo-var", text.patch_nums, text)
+
+
+def test_export_keeps_the_policy_and_drops_the_history(pipe, tmp_path):
+    from ecad_ray.var.rl.checkpoint import export_policy, load_policy, meta_path
+
+    path = make_policy(pipe, tmp_path / "p.safetensors", seed=2)
+    policy, _, _ = load_policy(path)
+    optimizer = torch.optim.Adam(policy.parameters())
+    policy.net[0].weight.sum().backward()
+    optimizer.step()
+    curves = [{"update": i + 1, "episodes": 8 * (i + 1), "mean_reward": 0.1 * i, "fidelity": 0.9, "flops_share": 0.5,
+               "loss": 0.0} for i in range(50)]
+    save_policy(path, policy, {"step": 50, "episodes": 400, "curves": curves}, optimizer)
+    out = export_policy(path, tmp_path / "ship" / "small.safetensors")
+    small, doc, optim = load_policy(out)
+    assert optim == {} and "curves" not in doc and doc["final"]["mean_reward"] == pytest.approx(4.9)
+    assert out.stat().st_size < path.stat().st_size and meta_path(out).stat().st_size < meta_path(path).stat().st_size
+    for k, v in policy.state_dict().items():
+        assert torch.equal(small.state_dict()[k], v)

@@ -80,9 +80,9 @@ def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(pipe, tmp_path
 
 @pytest.mark.slow
 def test_training_raises_reward_on_the_demo_model(tmp_path):
-    """Not a stub: a short run on the shipped demo VAR improves its mean reward."""
-    demo = load_var_model("demo-var")
-    cfg = TrainConfig(model="demo-var", episodes=8 * 8 * 20, budgets=(0.5,), checkpoint_every=20, lr=1e-2)
+    """Not a stub: a short run on the shipped digits VAR improves its mean reward."""
+    demo = load_var_model("demo-var-digits")
+    cfg = TrainConfig(model="demo-var-digits", episodes=8 * 8 * 20, budgets=(0.5,), checkpoint_every=20, lr=1e-2)
     doc = train(demo, cfg, tmp_path, rollout_fn(demo, cfg))
     rewards = [r["mean_reward"] for r in doc["curves"]]
     assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.05, rewards

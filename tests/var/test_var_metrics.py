@@ -102,10 +102,24 @@ def test_dit_and_var_runs_are_read_through_one_reader(tmp_path):
     assert summary[("demo", "fast", "none")]["psnr_mean"] < math.inf  # compared with its own model's reference
 
 
-def test_old_var_eval_points_to_the_shared_metrics(tmp_path):
-    result = runner.invoke(app, ["var", "eval", "--orig", str(tmp_path), "--fast", str(tmp_path)])
-    assert result.exit_code != 0
-    assert "ecad-ray metrics FOLDER" in str(result.exception)
+def test_var_eval_prints_the_original_vs_pruned_table_from_the_shared_metrics(var_runs, tmp_path, monkeypatch):
+    """`var eval --orig --fast --rl` scores each run with `ecad-ray metrics`' own pass: its
+    figures are that pass's summary, and the unpruned run against itself is identical."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no ImageNet LPIPS weights there
+    args = ["var", "eval", "--orig", str(var_runs / "orig"), "--fast", str(var_runs / "fast"),
+            "--rl", str(var_runs / "orig"), "--metrics", "psnr,ssim,lpips"]
+    result = runner.invoke(app, args, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "LPIPS backbone: random (ImageNet weights absent)" in result.output
+    lines = {line.split()[1]: line for line in result.output.splitlines() if line.startswith("│")}
+    assert {"orig", "fast", "rl"} <= set(lines)
+    fast = {r["pruning"]: r for r in pq.read_table(var_runs / "fast" / "summary.parquet").to_pylist()}[PRUNED]
+    assert f"{fast['ssim_mean']:.4f}" in lines["fast"] and f"{fast['lpips_mean']:.4f}" in lines["fast"]
+    assert 0 < fast["ssim_mean"] < 1 and fast["speedup"] > 0
+    same = pq.read_table(var_runs / "orig" / "summary.parquet").to_pylist()[0]
+    assert same["ssim_mean"] == 1 and same["lpips_mean"] == pytest.approx(0, abs=1e-6)
+    bad = runner.invoke(app, ["var", "eval", "--orig", str(var_runs / "orig"), "--fast", str(tmp_path)])
+    assert bad.exit_code != 0 and f"--fast {tmp_path}: no results.parquet" in str(bad.exception)
 
 
 CAPTIONS = ["a small red circle above a blue square", "a large white cross", "a green triangle left of a yellow square"]

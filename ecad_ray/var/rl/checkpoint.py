@@ -20,12 +20,21 @@ from ecad_ray.errors import UserError
 from ecad_ray.var.rl.policy import Policy, PolicyConfig
 
 OPTIM_PREFIX = "optim."
-SHIPPED = {"demo-var": Path(__file__).resolve().parents[1] / "assets" / "demo-var-rl.safetensors"}  # rl:demo-var
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+# `rl:<demo>`: the policy shipped for each shipped demo VAR, once one is trained and exported there
+SHIPPED = {name: ASSETS / f"{name}-rl.safetensors" for name in ("demo-var", "demo-var-digits")}
+SHIP_SUMMARY_KEYS = ("update", "episodes", "mean_reward", "fidelity", "flops_share")  # the last curve row, shipped
 
 
-def resolve(weights: str | Path) -> Path:
-    """A policy file, or the name of a shipped one (`rl:demo-var`: the demo VAR's policy)."""
-    return SHIPPED.get(str(weights), Path(weights))
+def resolve(weights: str | Path, option: str = "--controller") -> Path:
+    """A policy file, or the name of a shipped one (`rl:demo-var-digits`: the digits demo's policy)."""
+    name = str(weights)
+    if name not in SHIPPED:
+        return Path(weights)
+    if not SHIPPED[name].exists():
+        raise UserError(f"{option} rl:{name}: no shipped policy for {name} yet; train one with "
+                        f"`ecad-ray var rl train --model {name} -o D` and use rl:D/policy.safetensors (docs/rl.md)")
+    return SHIPPED[name]
 
 
 def meta_path(weights: str | Path) -> Path:
@@ -46,13 +55,15 @@ def save_policy(weights: str | Path, policy: Policy, meta: dict[str, Any],
         groups = sd["param_groups"]
     step = str(meta.get("step", 0))
     write_bytes_atomic(weights, save_tensors(tensors, metadata={"step": step}))
-    doc = {"config": policy.config.to_dict(), **meta, "optimizer_param_groups": groups}
+    doc = {"config": policy.config.to_dict(), **meta}
+    if groups is not None:
+        doc["optimizer_param_groups"] = groups
     write_text_atomic(meta_path(weights), json.dumps(doc, indent=1))
 
 
 def read_meta(weights: str | Path, option: str = "--controller") -> dict[str, Any]:
     """The JSON beside a policy file; one-line errors when either file is missing or broken."""
-    weights = resolve(weights)
+    weights = resolve(weights, option)
     if not weights.exists():
         raise UserError(f"{option} rl:{weights}: policy file not found")
     meta = meta_path(weights)
@@ -67,6 +78,9 @@ def read_meta(weights: str | Path, option: str = "--controller") -> dict[str, An
 def load_policy(weights: str | Path, option: str = "--controller") -> tuple[Policy, dict[str, Any], dict[str, torch.Tensor]]:
     """(policy in eval mode, its JSON, the optimizer tensors) from `weights`."""
     doc = read_meta(weights, option)
+    if "fingerprint" not in doc.get("config", {}):
+        raise UserError(f"{option} rl:{weights}: {meta_path(resolve(weights)).name} does not say which model the "
+                        "policy was trained for (no config fingerprint: saved by an older version); retrain it")
     try:
         config = PolicyConfig.from_dict(doc["config"])
         tensors = load_tensors(resolve(weights).read_bytes())
@@ -80,6 +94,22 @@ def load_policy(weights: str | Path, option: str = "--controller") -> tuple[Poli
         raise UserError(f"{option} rl:{weights}: weights do not match policy.json ({str(err).splitlines()[0]})") from None
     optim = {k[len(OPTIM_PREFIX):]: v for k, v in tensors.items() if k.startswith(OPTIM_PREFIX)}
     return policy.eval(), doc, optim
+
+
+def export_policy(weights: str | Path, dest: str | Path) -> Path:
+    """The shipping form of a trained policy: its weights (no optimizer moments) and a JSON with
+    its config, step, training config and last curve row (the full curves stay in the training
+    folder's curves.parquet). A few tens of KB; `rl:` loads it like any policy."""
+    policy, doc, _ = load_policy(weights, "POLICY")
+    curves = doc.get("curves") or []
+    last = {k: curves[-1][k] for k in SHIP_SUMMARY_KEYS if k in curves[-1]} if curves else {}
+    meta = {"step": doc.get("step", 0), "episodes": doc.get("episodes", 0),
+            "train_config": doc.get("train_config", {}), "final": last}
+    dest = Path(dest)
+    if dest.suffix != ".safetensors":
+        raise UserError(f"--output {dest}: must end in .safetensors (the JSON goes beside it)")
+    save_policy(dest, policy, meta)
+    return dest
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, doc: dict[str, Any], optim: dict[str, torch.Tensor]) -> None:

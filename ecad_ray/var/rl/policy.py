@@ -23,7 +23,8 @@ from ecad_ray.var.rl.state import NUM_SCALAR_FEATURES, ModelFacts, features
 class PolicyConfig:
     """What a policy was made for and how it acts (stored beside its weights)."""
 
-    model: str  # the --model it was trained on (for the record)
+    model: str  # the --model it was trained on (for messages)
+    fingerprint: str  # that model's `VarModelConfig.fingerprint()`: the policy only fits a model with it
     patch_nums: tuple[int, ...]
     cond: str
     cond_dim: int
@@ -45,13 +46,20 @@ class PolicyConfig:
         return cls(**d)
 
     def check_model(self, facts: ModelFacts, source: str) -> None:
-        """A policy only fits the scales and condition it was trained for."""
+        """A policy only fits the model it was trained for (same config fingerprint)."""
+        if facts.fingerprint == self.fingerprint:
+            return
         if tuple(facts.patch_nums) != tuple(self.patch_nums):
-            raise UserError(f"{source}: policy was trained for scales {','.join(map(str, self.patch_nums))}, "
-                            f"this model has {','.join(map(str, facts.patch_nums))}")
-        if (facts.cond, facts.cond_dim) != (self.cond, self.cond_dim):
-            raise UserError(f"{source}: policy was trained for a {self.cond} model ({self.cond_dim} wide), "
-                            f"this model is {facts.cond} ({facts.cond_dim} wide)")
+            detail = (f"trained for scales {','.join(map(str, self.patch_nums))}, "
+                      f"this model has {','.join(map(str, facts.patch_nums))}")
+        elif (facts.cond, facts.cond_dim) != (self.cond, self.cond_dim):
+            detail = (f"trained for a {self.cond} model ({self.cond_dim} wide), "
+                      f"this model is {facts.cond} ({facts.cond_dim} wide)")
+        else:
+            detail = "same scales, another tokenizer, transformer or sampling"
+        raise UserError(f"{source}: policy was trained for model {self.model} (config {self.fingerprint}), "
+                        f"not {facts.name} (config {facts.fingerprint}): {detail}; "
+                        f"train one with `ecad-ray var rl train --model ...`")
 
 
 class Policy(nn.Module):

@@ -68,13 +68,15 @@ class ModelFacts:
     vocab_size: int
     cvae: int
     layer_range: tuple[int, int]
+    name: str  # the model config's name (for messages)
+    fingerprint: str  # `VarModelConfig.fingerprint()`: the identity a policy is bound to
 
     @classmethod
     def of(cls, pipe) -> "ModelFacts":
         """Facts of a loaded `VarPipeline`."""
         v, q = pipe.config.var, pipe.config.vqvae
         return cls(tuple(pipe.patch_nums), v.cond, v.num_classes if v.cond == "class" else v.text_dim, v,
-                   q.vocab_size, q.z_channels, tuple(pipe.layer_range))
+                   q.vocab_size, q.z_channels, tuple(pipe.layer_range), pipe.config.name, pipe.config.fingerprint())
 
     def flops(self, ratios: list[float]) -> list[float]:
         """FLOPs per scale of one image with these ratios (the first len(ratios) scales)."""

@@ -172,8 +172,8 @@ def policy_gradient_loss(policy: Policy, groups: list[dict[str, Any]], entropy_c
 def make_policy_config(pipe, config: TrainConfig) -> PolicyConfig:
     """The policy a training run of `config` on `pipe` builds."""
     facts = ModelFacts.of(pipe)
-    return PolicyConfig(config.model, facts.patch_nums, facts.cond, facts.cond_dim, parse_actions(config.actions),
-                        tuple(config.budgets), config.min_scale_share, config.hidden)
+    return PolicyConfig(config.model, facts.fingerprint, facts.patch_nums, facts.cond, facts.cond_dim,
+                        parse_actions(config.actions), tuple(config.budgets), config.min_scale_share, config.hidden)
 
 
 RolloutFn = Callable[[dict[str, torch.Tensor], list[Task], int], list[dict[str, Any]]]
