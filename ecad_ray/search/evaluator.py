@@ -99,3 +99,22 @@ def _embeddings(model_spec: ModelSpec, job: EvalJob, device: str, dtype: str) ->
 
     encoder = TextEncoder(model_spec, device, dtype)
     return encoder(list(job.prompts), [job.negative_prompt] * len(job.prompts))
+
+
+def job_prompts(model: str, prompt_file: str | None, input_embeddings: str | None,
+                negative_prompt: str = "") -> tuple[str, ...]:
+    """The search's prompts: a prompt file's, else every prompt an embeddings store holds for `model`."""
+    from ecad_ray.errors import UserError
+
+    if prompt_file:
+        from ecad_ray.prompts import read_prompt_file
+
+        return tuple(p.text for p in read_prompt_file(prompt_file))
+    if input_embeddings:
+        from ecad_ray.embeddings import EmbeddingStore
+
+        refs = EmbeddingStore(input_embeddings).lookup(model, negative_prompt)
+        if not refs:
+            raise UserError(f"--input-embeddings {input_embeddings}: holds no {model} embeddings")
+        return tuple(refs)
+    raise UserError("search: give --prompt-file or --input-embeddings")

@@ -370,3 +370,23 @@ def _load(path: Path) -> Schedule:
     from ecad_ray.caching.schedule import load_schedule
 
     return load_schedule(path)
+
+
+def search_status(out: str | Path) -> tuple[str, list[dict]]:
+    """(`N generations saved, M candidates scored`, the front) of a search folder."""
+    out = Path(out)
+    if not (out / SEARCH_FILE).is_file():
+        raise UserError(f"{out}: not a search folder (no {SEARCH_FILE})")
+    saved = [g for g in generations(out) if (generation_dir(out, g) / STATE_FILE).is_file()]
+    scored = len(scored_candidates(out))
+    last = f"generation {saved[-1]} saved" if saved else "no generation saved yet"
+    return f"{last}, {scored} distinct candidates scored", front_rows(out)
+
+
+def front_table(front: list[dict]) -> str:
+    """The front as aligned text: one line per schedule, fewest MACs first."""
+    lines = [f"{'schedule':<20} {'MACs':>6} {'quality':>8} {'psnr':>6} {'ssim':>6} {'s/image':>8}"]
+    for r in front:
+        lines.append(f"{r['name']:<20} {r['macs_ratio']:>5.3f}x {r['quality']:>8.3f} {r.get('psnr', float('nan')):>6.2f} "
+                     f"{r.get('ssim', float('nan')):>6.3f} {r['seconds_per_image']:>8.3f}")
+    return "\n".join(lines)
