@@ -38,6 +38,8 @@ def search(out: Path, prompts, population: int, generations: int, workers: int) 
                           num_workers=workers, resume=True)
     search_on_ray(config, lambda p: marks.append((time.perf_counter(), p.evaluated)))
     scored = [m for m in marks if m[1] > 0]
+    if not scored:  # a finished search resumed: nothing left to score
+        return float("nan"), 0
     first = next(i for i, m in enumerate(marks) if m[1] > 0)
     return scored[-1][0] - marks[first - 1][0], scored[-1][1]
 

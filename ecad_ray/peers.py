@@ -111,6 +111,11 @@ def apply_method(pipe, method: PeerMethod, steps: int) -> Callable[[], None]:
                                          current_timestep_callback=clock, tensor_format="BCHW")
         hooks.apply_faster_cache(transformer, config)
         names = ["faster_cache_denoiser", "faster_cache_block"]
+    # the root registry caches its list of child registries; one built while an earlier method's
+    # hooks were on would hide the new hooks' state from the cache context (FBC after PAB failed)
+    registry = hooks.HookRegistry.check_if_exists_or_initialize(transformer)
+    if hasattr(registry, "invalidate_child_registries_cache"):
+        registry.invalidate_child_registries_cache()
 
     def remove() -> None:
         registry = hooks.HookRegistry.check_if_exists_or_initialize(transformer)
