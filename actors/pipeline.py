@@ -145,3 +145,40 @@ def quiet_ray_data() -> None:
     # after Ray Data configured its logging; a failure reaches the user as one line anyway, its
     # traceback in the run's logs/error.log
     logging.getLogger("ray.data").setLevel(ray_log_level(logging.INFO))
+
+
+class StagePool:
+    """The actors of one stage spec, kept up across many calls (a search's generations).
+
+    `run_stages` builds a Ray Data dataset per call, whose actors end with it: right for one
+    pass over a job, wrong for a search that scores a population per generation with the model
+    loaded once per worker. A `StagePool` starts `stage.pool[1]` actors of `stage.cls` with the
+    stage's resources and Ray Data's restart defaults (a dead worker comes back; its batch is
+    retried), and `map` feeds them batches as they free up, yielding results as they finish.
+    Each batch is checked against the stage's `consumes` first, as `check_plan` would.
+    """
+
+    def __init__(self, stage: StageSpec):
+        import ray
+        from ray.util import ActorPool
+
+        quiet_ray_data()
+        remote = ray.remote(num_cpus=stage.num_cpus, num_gpus=stage.num_gpus,
+                            max_restarts=-1, max_task_retries=-1)(stage.cls)
+        self.stage = stage
+        self.actors = [remote.remote(**dict(stage.kwargs)) for _ in range(stage.pool[1])]
+        self._pool = ActorPool(self.actors)
+
+    def map(self, batches: Iterable[dict]) -> Iterator[dict]:
+        """Each batch through one actor; results in the order they finish."""
+        batches = list(batches)
+        for batch in batches:
+            check_plan(batch, [self.stage])
+        return self._pool.map_unordered(lambda actor, batch: actor.__call__.remote(batch), batches)
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
