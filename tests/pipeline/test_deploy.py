@@ -253,12 +253,17 @@ def _check(args: list[str], root, strict: bool) -> tuple[list[str], list[str]]:
     one the command (or group) at that point has; under a group the next word must be one of its
     commands (strict) or the line is prose / a placeholder such as COMMAND (not strict)."""
     command, path, problems = root, [], []
+    takes_value = False  # the previous token was an option that takes a value (a group's, too)
     for token in args:
         if _is_option(token):
             name = token.split("=", 1)[0]
-            known = {"--help"} | {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
-            if name not in known:
+            params = {o: p for p in command.params for o in (*p.opts, *p.secondary_opts)}
+            if name not in params and name != "--help":
                 problems.append(f"`{' '.join(['ecad-ray', *path])}` has no option {name}")
+            param = params.get(name)
+            takes_value = "=" not in token and param is not None and not getattr(param, "is_flag", False)
+        elif takes_value:
+            takes_value = False
         elif hasattr(command, "commands"):  # a group (typer vendors its own click)
             if token in command.commands:
                 command = command.commands[token]
