@@ -1,15 +1,16 @@
 """`var rl train` on Ray: N rollout actors generate episodes in parallel, the driver learns.
 
 Each `RolloutActor` loads the generator once and keeps the unpruned references of the tasks it
-is given; a task always goes to the same actor (by its place in the training pool), so each
-reference is generated once. Per update the driver sends the current weights (a few KB) and
+is given. An update's tasks are shared out evenly (an update waits for its slowest actor, so
+an uneven split is lost throughput), preferring an actor that already holds a task's
+reference, so most references are generated once. Per update the driver sends the current weights (a few KB) and
 each actor its share of the update's tasks; the learner step runs in the driver
 (`ecad_ray.var.rl.training.train` owns the loop, checkpoints and resume).
 """
 
 from __future__ import annotations
 
-import zlib
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,13 +41,12 @@ class RolloutActor:
 
 
 def ray_rollout(actors: list, group_size: int) -> RolloutFn:
-    """Rollout function over `actors`: a task always goes to the same actor; all run in parallel."""
+    """Rollout function over `actors`: tasks split evenly, all actors run in parallel."""
+    holders: dict[tuple[int, str, int], set[int]] = {}  # which actors hold a task's reference
 
     def rollout(weights: dict[str, torch.Tensor], tasks: list[Task], sample_seed: int) -> list[dict[str, Any]]:
         ref = ray.put(weights)
-        shares: list[list[int]] = [[] for _ in actors]
-        for i, t in enumerate(tasks):
-            shares[zlib.crc32(f"{t.class_label}|{t.prompt}|{t.seed}".encode()) % len(actors)].append(i)
+        shares = assign_tasks(tasks, len(actors), holders)
         futures = [(idx, a.run.remote(ref, [tasks[i] for i in idx], group_size, [sample_seed * 1000 + i for i in idx]))
                    for a, idx in zip(actors, shares) if idx]
         out: list[dict[str, Any]] = [{}] * len(tasks)
@@ -56,6 +56,21 @@ def ray_rollout(actors: list, group_size: int) -> RolloutFn:
         return out
 
     return rollout
+
+
+def assign_tasks(tasks: list[Task], num_actors: int, holders: dict[tuple[int, str, int], set[int]]) -> list[list[int]]:
+    """Task indices per actor: at most ceil(tasks / actors) each, an actor holding the task's
+    reference first; `holders` is updated with where each reference will now be."""
+    cap = math.ceil(len(tasks) / num_actors)
+    shares: list[list[int]] = [[] for _ in range(num_actors)]
+    for i, t in enumerate(tasks):
+        key = (t.class_label, t.prompt, t.seed)
+        have = holders.setdefault(key, set())
+        room = [a for a in sorted(have) if len(shares[a]) < cap]
+        a = room[0] if room else min(range(num_actors), key=lambda j: (len(shares[j]), j))
+        shares[a].append(i)
+        have.add(a)
+    return shares
 
 
 def run_rl_train(pipe, config: TrainConfig, output_dir: str | Path, num_workers: int = 1,

@@ -165,3 +165,43 @@ def test_export_keeps_the_policy_and_drops_the_history(pipe, tmp_path):
     assert out.stat().st_size < path.stat().st_size and meta_path(out).stat().st_size < meta_path(path).stat().st_size
     for k, v in policy.state_dict().items():
         assert torch.equal(small.state_dict()[k], v)
+
+
+def test_scales_with_one_allowed_action_do_not_ask_the_policy(pipe, tmp_path):
+    """Cheap scales (below min_scale_share) run in full without a round trip; the others ask once per batch."""
+    path = make_policy(pipe, tmp_path / "p.safetensors", seed=1)
+    controller = policy_controller(path, pipe)
+    cfg = dataclasses.replace(controller.config, min_scale_share=0.1)
+    facts = ModelFacts.of(pipe)
+    n = len(facts.patch_nums)
+    cheap = [si for si in range(n) if facts.flops([0.0] * (si + 1))[si] / facts.unpruned_flops < 0.1]
+    assert 0 < len(cheap) < n
+    calls = []
+
+    def act(feats, mask):
+        calls.append(feats.shape[0])
+        return controller.act(feats, mask)
+
+    asking = dataclasses.replace(controller, config=cfg, act=act, decisions=[])
+    result = generate_items(pipe, pipe.conditions(classes=[0, 1, 2]), [0, 1, 2], asking)
+    assert calls == [3] * (n - len(cheap))  # one call per deciding scale, for the whole batch
+    assert len(asking.decisions) == n - len(cheap)
+    assert all(r[si] == 0.0 for r in result.item_ratios for si in cheap)
+
+
+def test_rollout_tasks_are_shared_evenly_and_stay_with_their_reference():
+    from actors.rl_train import assign_tasks
+    from ecad_ray.var.rl.trainer import Task
+
+    tasks = [Task(c, "", 7, 0.5) for c in (0, 0, 0, 1, 2, 3, 4, 5)]
+    holders: dict = {}
+    first = assign_tasks(tasks, 2, holders)
+    assert sorted(len(s) for s in first) == [4, 4]
+    assert sorted(i for s in first for i in s) == list(range(8))
+    owner = {c: next(a for a in range(2) if a in holders[(c, "", 7)]) for c in range(6)}
+    assert owner[1] != owner[4]
+    again = assign_tasks([tasks[3], tasks[6]], 2, holders)  # classes 1 and 4: each back to its actor
+    assert again[owner[1]] == [0] and again[owner[4]] == [1]
+    assert all(len(holders[(c, "", 7)]) == 1 for c in range(6))  # no reference made twice
+    crowded = assign_tasks([tasks[3], tasks[4]], 2, holders)  # classes 1, 2: both held by one actor: the split wins
+    assert sorted(len(s) for s in crowded) == [1, 1]

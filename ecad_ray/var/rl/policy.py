@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from ecad_ray.errors import UserError
-from ecad_ray.var.rl.state import NUM_SCALAR_FEATURES, ModelFacts, features
+from ecad_ray.var.rl.state import NUM_SCALAR_FEATURES, ModelFacts, features, masks
 
 
 @dataclass(frozen=True)
@@ -119,8 +119,15 @@ class PolicyController:
         self._budget = self.config.budgets[0] if self.budget is None else self.budget
 
     def ratio(self, scale_index: int, num_scales: int, state) -> list[float]:
-        """One ratio per item of the batch in `state` (an `ItemsView`)."""
-        feats, mask = features(self.facts, state, self.config.actions, self._budget, self.config.min_scale_share)
+        """One ratio per item of the batch in `state` (an `ItemsView`).
+
+        When the mask leaves every item a single action (cheap early scales, or a spent budget)
+        the policy is not asked: there is nothing to choose, no round trip to pay, and a forced
+        action carries no gradient, so nothing is recorded for the learner either."""
+        mask, costs = masks(self.facts, state, self.config.actions, self._budget, self.config.min_scale_share)
+        if bool((mask.sum(dim=1) == 1).all()):
+            return [self.config.actions[int(i)] for i in mask.float().argmax(dim=1)]
+        feats = features(self.facts, state, self._budget, costs)
         picked = self.act(feats, mask)
         if self.decisions is not None:
             self.decisions.append(Decision(feats, mask, list(picked)))

@@ -16,7 +16,7 @@ the image always run in full: pruning them saves nothing worth the damage.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -70,6 +70,7 @@ class ModelFacts:
     layer_range: tuple[int, int]
     name: str  # the model config's name (for messages)
     fingerprint: str  # `VarModelConfig.fingerprint()`: the identity a policy is bound to
+    _flops_cache: dict = field(default_factory=dict, compare=False, repr=False)  # ratios -> FLOPs per scale
 
     @classmethod
     def of(cls, pipe) -> "ModelFacts":
@@ -79,14 +80,21 @@ class ModelFacts:
                    q.vocab_size, q.z_channels, tuple(pipe.layer_range), pipe.config.name, pipe.config.fingerprint())
 
     def flops(self, ratios: list[float]) -> list[float]:
-        """FLOPs per scale of one image with these ratios (the first len(ratios) scales)."""
-        full = list(ratios) + [0.0] * (len(self.patch_nums) - len(ratios))
-        return transformer_flops(self.var_cfg, self.vocab_size, self.cvae, full, self.layer_range)[: len(ratios)]
+        """FLOPs per scale of one image with these ratios (the first len(ratios) scales).
+
+        Cached: the masks ask for the same few plans for every item at every scale, and the
+        formula's Python loop would otherwise be most of a small model's controller time."""
+        key = tuple(ratios)
+        if key not in self._flops_cache:
+            full = list(ratios) + [0.0] * (len(self.patch_nums) - len(ratios))
+            self._flops_cache[key] = transformer_flops(self.var_cfg, self.vocab_size, self.cvae, full,
+                                                       self.layer_range)[: len(ratios)]
+        return self._flops_cache[key]
 
     @property
     def unpruned_flops(self) -> float:
         """FLOPs of the unpruned image."""
-        return sum(self.flops([0.0] * len(self.patch_nums)))
+        return sum(self.flops((0.0,) * len(self.patch_nums)))
 
     def feature_dim(self) -> int:
         """Width of a feature row."""
@@ -141,21 +149,27 @@ def condition_features(facts: ModelFacts, cond: torch.Tensor) -> torch.Tensor:
     return cond.float().cpu()
 
 
-def features(facts: ModelFacts, view, actions: tuple[float, ...], budget: float,
-             min_scale_share: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features (B, F), allowed-action mask (B, A)) for an `ItemsView` before its scale."""
-    n, si = view.num_scales, view.scale_index
+def masks(facts: ModelFacts, view, actions: tuple[float, ...], budget: float,
+          min_scale_share: float) -> tuple[torch.Tensor, list[tuple[float, float]]]:
+    """(allowed-action mask (B, A), per item (FLOPs share spent, this scale's share)) before its scale."""
     if tuple(view.patch_nums) != facts.patch_nums:
         raise ValueError(f"policy made for scales {facts.patch_nums}, model has {tuple(view.patch_nums)}")
-    change, high = latent_cues(view.f_hat_BChw, view.prev_f_hat_BChw)
-    rows, masks = [], []
-    onehot = torch.zeros(n)
-    onehot[si] = 1.0
-    for b, history in enumerate(view.ratios):
+    rows, costs = [], []
+    for history in view.ratios:
         allowed, spent, full_cost = action_mask(facts, history, actions, budget, min_scale_share)
-        scalars = torch.tensor([si / max(n - 1, 1), spent, budget - spent, full_cost,
-                                float(change[b]), float(high[b])])
-        rows.append(torch.cat((onehot, scalars)))
-        masks.append(allowed)
-    feats = torch.cat((torch.stack(rows), condition_features(facts, view.cond)), dim=1)
-    return feats, torch.tensor(masks, dtype=torch.bool)
+        rows.append(allowed)
+        costs.append((spent, full_cost))
+    return torch.tensor(rows, dtype=torch.bool), costs
+
+
+def features(facts: ModelFacts, view, budget: float, costs: list[tuple[float, float]]) -> torch.Tensor:
+    """Feature rows (B, F) for an `ItemsView` before its scale; `costs` from `masks`."""
+    n, si = view.num_scales, view.scale_index
+    change, high = latent_cues(view.f_hat_BChw, view.prev_f_hat_BChw)
+    onehot = torch.zeros(len(costs), n)
+    onehot[:, si] = 1.0
+    spent = torch.tensor([c[0] for c in costs])
+    full_cost = torch.tensor([c[1] for c in costs])
+    scalars = torch.stack((torch.full_like(spent, si / max(n - 1, 1)), spent, budget - spent, full_cost,
+                           change.float().cpu(), high.float().cpu()), dim=1)
+    return torch.cat((onehot, scalars, condition_features(facts, view.cond)), dim=1)
