@@ -25,6 +25,10 @@ class ControllerActor:
         torch.set_num_threads(1)
         self.policy, _, _ = load_policy(weights)
 
+    def ready(self) -> bool:
+        """Answers once the policy is loaded (generators wait for it before their first batch)."""
+        return True
+
     def act(self, features: np.ndarray, mask: np.ndarray) -> list[int]:
         """The policy's deterministic choice for each row."""
         return self.policy.act(torch.from_numpy(features), torch.from_numpy(mask))
@@ -35,6 +39,7 @@ class ActorAct:
 
     def __init__(self, handle):
         self.handle = handle
+        ray.get(handle.ready.remote())  # the actor's start-up is start-up, not a round trip of a batch
 
     def __call__(self, features: torch.Tensor, mask: torch.Tensor) -> list[int]:
         return ray.get(self.handle.act.remote(features.numpy(), mask.numpy()))

@@ -85,14 +85,51 @@ def overhead(model: str, policy: str, out: Path, batch_size: int) -> None:
     from actors.var_plan import run_var_generate
     from ecad_ray.var.run import VarRunOptions, build_rows
 
-    rows = build_rows(list(range(10)), None, 8, seed=0)
-    configs = run_var_generate(rows, VarRunOptions(model=model, controller=f"rl:{policy}"), out / "generate",
-                               num_actors=1, batch_size=batch_size)
+    rows = build_rows(list(range(10)), None, 4 * batch_size // 10 + 1, seed=0)  # >= 4 full batches
+    configs = run_var_generate(rows, VarRunOptions(model=model, controller=f"rl:{policy}"),
+                               out / f"generate-{model.replace(':', '-')}-{batch_size}", num_actors=1,
+                               batch_size=batch_size)
     ctrl = sum(c["controller_seconds"] for c in configs) / batch_size  # per batch, recorded on each item
     gen = sum(c["transformer_seconds"] + c["decode_seconds"] + c["controller_seconds"] for c in configs) / batch_size
     share = ctrl / gen if gen else math.nan
-    print(f"(c) batch {batch_size}: controller round trips {ctrl * 1e3:.1f} ms of {gen * 1e3:.1f} ms generation "
+    print(f"(c) {model}, batch {batch_size}: controller {ctrl * 1e3:.1f} ms of {gen * 1e3:.1f} ms generation "
           f"= {share:.1%} (target <= 5%)")
+
+
+def untrained_policy(model: str, out: Path) -> str:
+    """A policy with random weights for `model`: what (c) measures does not depend on training."""
+    from ecad_ray.var.checkpoints import load_var_model
+    from ecad_ray.var.rl.checkpoint import save_policy
+    from ecad_ray.var.rl.policy import Policy
+    from ecad_ray.var.rl.trainer import TrainConfig, make_policy_config
+
+    path = out / f"untrained-{model.replace(':', '-')}.safetensors"
+    save_policy(path, Policy(make_policy_config(load_var_model(model), TrainConfig(model=model))), {"step": 0})
+    return str(path)
+
+
+def ray_floor() -> None:
+    """The round trip of a no-op actor call: the floor any Ray-served controller pays per scale."""
+    import ray
+
+    from actors.plan import loopback_only
+
+    @ray.remote(num_cpus=0)
+    class Echo:
+        def act(self, x):
+            return x
+
+    with loopback_only():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        try:
+            echo = Echo.remote()
+            ray.get(echo.act.remote(0))
+            t0 = time.perf_counter()
+            for _ in range(200):
+                ray.get(echo.act.remote(0))
+            print(f"    Ray floor: a no-op actor round trip takes {(time.perf_counter() - t0) / 200 * 1e3:.2f} ms")
+        finally:
+            ray.shutdown()
 
 
 def main() -> None:
@@ -100,12 +137,24 @@ def main() -> None:
     ap.add_argument("--model", default="demo-var")
     ap.add_argument("--policy", required=True, help="a trained policy.safetensors for --model")
     ap.add_argument("--episodes", type=int, default=1280, help="episodes per throughput run")
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, nargs="+", default=[16, 64],
+                    help="batch sizes for (c): a round trip costs the same for any batch, a batch's work grows")
+    ap.add_argument("--overhead-model", default="random:benchmark",
+                    help="a second, compute-bound model for (c), served by an untrained policy")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["a", "b", "c"], help="parts not to run")
     ap.add_argument("--output-dir", type=Path, default=Path(tempfile.mkdtemp(prefix="rl_bench_")))
     args = ap.parse_args()
-    frontier(args.model, args.policy, args.output_dir)
-    throughput(args.model, args.episodes)
-    overhead(args.model, args.policy, args.output_dir, args.batch_size)
+    if "a" not in args.skip:
+        frontier(args.model, args.policy, args.output_dir)
+    if "b" not in args.skip:
+        throughput(args.model, args.episodes)
+    if "c" not in args.skip:
+        for batch_size in args.batch_size:
+            overhead(args.model, args.policy, args.output_dir, batch_size)
+        if args.overhead_model:
+            overhead(args.overhead_model, untrained_policy(args.overhead_model, args.output_dir), args.output_dir,
+                     args.batch_size[0])
+        ray_floor()
 
 
 if __name__ == "__main__":

@@ -155,8 +155,12 @@ def masks(facts: ModelFacts, view, actions: tuple[float, ...], budget: float,
     if tuple(view.patch_nums) != facts.patch_nums:
         raise ValueError(f"policy made for scales {facts.patch_nums}, model has {tuple(view.patch_nums)}")
     rows, costs = [], []
+    seen: dict[tuple[float, ...], tuple[list[bool], float, float]] = {}  # items mostly share a history
     for history in view.ratios:
-        allowed, spent, full_cost = action_mask(facts, history, actions, budget, min_scale_share)
+        key = tuple(history)
+        if key not in seen:
+            seen[key] = action_mask(facts, history, actions, budget, min_scale_share)
+        allowed, spent, full_cost = seen[key]
         rows.append(allowed)
         costs.append((spent, full_cost))
     return torch.tensor(rows, dtype=torch.bool), costs
