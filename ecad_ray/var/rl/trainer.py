@@ -87,7 +87,7 @@ def training_pool(pipe, seeds_per_condition: int) -> list[tuple[int, str, int]]:
     else:
         from ecad_ray.shapes import sample_scenes
 
-        conds = [(-1, s.caption()) for s in sample_scenes(32, seed=0, split="train")]
+        conds = [(-1, s.caption) for s in sample_scenes(32, seed=0, split="train")]
     return [(c, p, TRAIN_SEED_BASE + k) for c, p in conds for k in range(seeds_per_condition)]
 
 
