@@ -111,3 +111,21 @@ def test_ray_training_and_generate_with_the_policy(pipe, tmp_path, ray_local):
         assert c["transformer_gflops"] <= 0.4 * c["transformer_gflops_unpruned"] + 1e-9
         img = tmp_path / "gen" / c["item_name"] / "image.png"
         assert img.read_bytes() == (tmp_path / "gen_local" / c["item_name"] / "image.png").read_bytes()
+
+
+def test_training_on_a_text_model_uses_caption_tasks(tmp_path):
+    """A text-conditional VAR trains on shapes captions (the demo-var path, on a tiny hashed-text model)."""
+    from ecad_ray.var.checkpoints import build_models
+    from ecad_ray.var.config import VARConfig, tiny_config
+    from ecad_ray.var.generation import VarPipeline
+    from ecad_ray.var.rl.trainer import training_pool
+
+    cfg = tiny_config()
+    cfg = cfg.__class__(name="tiny-text", vqvae=cfg.vqvae, sampling=cfg.sampling,
+                        var=VARConfig(**{**cfg.var.__dict__, "cond": "text", "text_encoder": "hash", "text_dim": 16}))
+    text_pipe = VarPipeline(cfg, *build_models(cfg))
+    pool = training_pool(text_pipe, 1)
+    assert len(pool) == 32 and all(c == -1 and " " in p for c, p, _ in pool)
+    tc = config(model="tiny-text", episodes=8)
+    doc = train(text_pipe, tc, tmp_path, rollout_fn(text_pipe, tc))
+    assert doc["step"] == 1 and doc["config"]["cond"] == "text" and doc["config"]["cond_dim"] == 16
