@@ -131,7 +131,7 @@ def test_a_policy_is_bound_to_its_models_config(pipe, tmp_path):
 
 
 def test_shipped_policies(tmp_path):
-    """rl:demo-var-digits drives the digits demo only; rl:demo-var says none is shipped yet."""
+    """Each shipped policy drives its own demo model only."""
     from ecad_ray.var.rl.checkpoint import SHIPPED, meta_path
 
     digits = load_var_model("demo-var-digits")
@@ -143,9 +143,22 @@ def test_shipped_policies(tmp_path):
     text = load_var_model("random:demo-var")
     with pytest.raises(UserError, match="rl:demo-var-digits: policy was trained for model demo-var-digits"):
         make_controller("rl:demo-var-digits", text.patch_nums, text)
-    if not SHIPPED["demo-var"].exists():
-        with pytest.raises(UserError, match="rl:demo-var: no shipped policy for demo-var yet; train one with"):
-            make_controller("rl:demo-var", text.patch_nums, text)
+    with pytest.raises(UserError, match="rl:demo-var: policy was trained for model demo-var "):
+        make_controller("rl:demo-var", digits.patch_nums, digits)  # the text demo's policy on the digits model
+
+
+def test_shipped_text_policy_drives_the_text_demo_within_its_budget():
+    """rl:demo-var (the shapes text-to-image demo's policy) prunes per caption and keeps the budget."""
+    from ecad_ray.shapes import heldout_captions
+
+    text = load_var_model("demo-var")
+    facts = ModelFacts.of(text)
+    captions = heldout_captions(4)
+    controller = make_controller("rl:demo-var@0.3", text.patch_nums, text)
+    result = generate_items(text, text.conditions(prompts=captions), [0, 1, 2, 3], controller)
+    shares = [flops_share(facts, r) for r in result.item_ratios]
+    assert all(0 < s <= 0.3 + 1e-9 for s in shares), shares
+    assert any(r > 0 for ratios in result.item_ratios for r in ratios)  # it does prune
 
 
 def test_export_keeps_the_policy_and_drops_the_history(pipe, tmp_path):
