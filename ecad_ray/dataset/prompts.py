@@ -225,9 +225,9 @@ def llm_entry(job: PromptJob, cls: str, description: str, ask: Ask) -> dict:
     if job.strategy == "metaprompt":
         return _metaprompt_entry(description, job.count, ask)
     if job.strategy == "synclr":
-        return class_entry([(NO_METAPROMPT, [_one_line(ask(synclr_request(description, rng)))]) for _ in range(job.count)])
+        return class_entry([(NO_METAPROMPT, [_caption(ask(synclr_request(description, rng)))]) for _ in range(job.count)])
     if job.strategy == "synthclip":
-        return class_entry([(NO_METAPROMPT, [_one_line(ask(synthclip_request(description)))]) for _ in range(job.count)])
+        return class_entry([(NO_METAPROMPT, [_caption(ask(synthclip_request(description)))]) for _ in range(job.count)])
     raise ValueError(f"{job.strategy} is not an LLM strategy")
 
 
@@ -302,6 +302,12 @@ def _after_prompt_label(answer: str) -> str:
 def _one_line(answer: str) -> str:
     line = next((x.strip() for x in answer.splitlines() if x.strip()), "")
     return line.strip('"').strip()
+
+
+def _caption(answer: str) -> str:
+    """A caption answer's last non-empty line: a chatty model puts "Sure! Here it is:" first."""
+    lines = [x.strip() for x in answer.splitlines() if x.strip()]
+    return lines[-1].strip('"').strip() if lines else ""
 
 
 # ---- a whole file --------------------------------------------------------------------------
