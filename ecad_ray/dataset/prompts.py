@@ -32,7 +32,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ecad_ray.atomic import write_text_atomic
 from ecad_ray.dataset.classes import ClassSet
 from ecad_ray.dataset.llm import LlmSettings
 from ecad_ray.errors import UserError
@@ -184,6 +183,8 @@ def _layout_problem(entry) -> str | None:
 
 def write_prompt_file(path: str | Path, data: Mapping[str, dict], order: tuple[str, ...] = ()) -> Path:
     """Write a prompt file atomically: the classes of `order` first, in that order, then any others."""
+    from ecad_ray.atomic import write_text_atomic  # (pyarrow: kept out of the CLI's --help)
+
     ordered = {c: data[c] for c in order if c in data}
     ordered.update({c: e for c, e in data.items() if c not in ordered})
     return write_text_atomic(path, json.dumps(ordered, ensure_ascii=False) + "\n")

@@ -80,3 +80,9 @@ def test_llm_strategy_end_to_end(ray_local, tmp_path):
     data = json.loads(out.read_text())
     assert list(data) == ["dog", "elephant"]
     assert [len(m["prompts"]) for m in data["dog"]["metaprompts"]] == [1, 1, 1, 1]
+
+
+def test_the_command_module_imports_nothing_heavy():
+    code = "import sys, ecad_ray_cli.main; print(sorted(m for m in ('numpy', 'pyarrow', 'ray', 'torch') if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "[]", proc.stderr  # `ecad-ray --help` stays fast
