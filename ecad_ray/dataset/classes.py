@@ -1,16 +1,17 @@
 """Class sets: which classes a synthetic dataset has and how many images each class gets.
 
-A class set is shipped data (`classsets/<name>.json`: `{"classes": [...], "base_counts": [...]}`),
-the demo's `shapes` (colour x shape, so everything runs offline on the demo model), or any text
-file with one class name per line (`--classes-file`). nameonly sizes a class as its base count
-times an increase ratio (1.15 recommended), so a generated set can be a little larger than the
-real one it stands in for; `--images-per-class N` overrides that.
+A class set is shipped data (`classsets/<name>.json`: `{"source", "classes", "base_counts"}`, and
+optionally `"descriptions"` and `"hypernyms"`, one per class), the demo's `shapes` (colour x shape,
+so everything runs offline on the demo model), or any text file with one class name per line
+(`--classes-file`). nameonly sizes a class as int(base count x increase ratio) (1.15 recommended),
+so a generated set can be a little larger than the real one it stands in for; `--images-per-class N`
+overrides that. A class's name is its folder and its key in a prompt file; its description is what
+a prompt calls it (ImageNet's "tench, Tinca tinca" for the folder n01440764).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from ecad_ray.errors import UserError
 
 CLASSSETS_DIR = Path(__file__).resolve().parent / "classsets"
 DEFAULT_INCREASE_RATIO = 1.15
+GENERIC_HYPERNYM = "object"  # fake_f's hypernym for a class the set has none for
 
 
 @dataclass(frozen=True)
@@ -27,17 +29,33 @@ class ClassSet:
     name: str
     classes: tuple[str, ...]
     base_counts: tuple[int, ...] | None = None
+    descriptions: tuple[str, ...] | None = None  # what prompts call each class (default: its name, "_" -> " ")
+    hypernyms: tuple[str, ...] | None = None  # a broader word per class, for fake_f prompts
+
+    def description(self, cls: str) -> str:
+        """What a prompt calls `cls`: the set's description, else the name with "_" as spaces (as nameonly)."""
+        if self.descriptions is not None:
+            return self.descriptions[self.classes.index(cls)]
+        return cls.replace("_", " ")
+
+    def hypernym(self, cls: str) -> str:
+        """A broader word for `cls` ("canine" for dog): the set's, else the generic "object"."""
+        if self.hypernyms is not None:
+            return self.hypernyms[self.classes.index(cls)]
+        return GENERIC_HYPERNYM
 
     def select(self, class_range: str | None) -> "ClassSet":
         """The classes START:END (Python slice of the canonical order), as `--class-range` asks."""
         if not class_range:
             return self
         start, end = parse_class_range(class_range, len(self.classes))
-        counts = self.base_counts[start:end] if self.base_counts is not None else None
-        return ClassSet(self.name, self.classes[start:end], counts)
+        part = slice(start, end)
+        return ClassSet(self.name, self.classes[part], _part(self.base_counts, part),
+                        _part(self.descriptions, part), _part(self.hypernyms, part))
 
     def images_per_class(self, *, increase_ratio: float | None = None, images_per_class: int | None = None) -> dict[str, int]:
-        """How many images each class gets: N for every class, or ceil(base count x ratio)."""
+        """How many images each class gets: N for every class, or int(base count x ratio) as nameonly
+        computes it (floating point included: 151 x 1.15 gives 173, 200 x 1.15 gives 229)."""
         if images_per_class is not None:
             if images_per_class < 1:
                 raise UserError(f"--images-per-class must be at least 1, got {images_per_class}")
@@ -49,7 +67,11 @@ class ClassSet:
             raise UserError(
                 f"class set {self.name!r} has no per-class base counts: pass --images-per-class N"
             )
-        return {c: math.ceil(n * ratio - 1e-9) for c, n in zip(self.classes, self.base_counts)}
+        return {c: int(n * ratio) for c, n in zip(self.classes, self.base_counts)}
+
+
+def _part(values: tuple | None, part: slice) -> tuple | None:
+    return values[part] if values is not None else None
 
 
 def parse_class_range(text: str, n: int) -> tuple[int, int]:
@@ -72,7 +94,8 @@ def shapes_class_set() -> ClassSet:
     """The demo's classes: every colour x shape pair ("red circle", ...), no base counts."""
     from ecad_ray.shapes import COLOUR_NAMES, SHAPES
 
-    return ClassSet("shapes", tuple(f"{c} {s}" for c in COLOUR_NAMES for s in SHAPES))
+    classes = tuple(f"{c} {s}" for c in COLOUR_NAMES for s in SHAPES)
+    return ClassSet("shapes", classes, hypernyms=("shape",) * len(classes))
 
 
 def available_class_sets() -> list[str]:
@@ -92,8 +115,8 @@ def load_class_set(name: str | None = None, classes_file: str | Path | None = No
     if not path.is_file():
         raise UserError(f"--dataset {name!r} is not a known class set; known: {', '.join(available_class_sets())}")
     data = json.loads(path.read_text())
-    counts = data.get("base_counts")
-    return ClassSet(name, tuple(data["classes"]), tuple(counts) if counts is not None else None)
+    optional = {key: tuple(data[key]) for key in ("base_counts", "descriptions", "hypernyms") if data.get(key) is not None}
+    return ClassSet(name, tuple(data["classes"]), **optional)
 
 
 def _read_classes_file(path: Path) -> ClassSet:
@@ -102,6 +125,9 @@ def _read_classes_file(path: Path) -> ClassSet:
     names = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
     if not names:
         raise UserError(f"--classes-file {path}: holds no class name (one per line)")
+    unsafe = [n for n in names if "/" in n or "\\" in n or n.startswith(".")]
+    if unsafe:
+        raise UserError(f"--classes-file {path}: a class name is a folder name, so it cannot hold '/' or start with '.': {unsafe[0]!r}")
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise UserError(f"--classes-file {path}: class names repeat: {', '.join(dupes)}")
