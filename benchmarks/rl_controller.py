@@ -83,10 +83,12 @@ def throughput(model: str, episodes: int) -> None:
 
 def overhead(model: str, policy: str, out: Path, batch_size: int) -> None:
     from actors.var_plan import run_var_generate
-    from ecad_ray.var.run import VarRunOptions, build_rows
+    from ecad_ray.var.run import VarRunOptions, plan_var_run
 
-    rows = build_rows(list(range(10)), None, 4 * batch_size // 10 + 1, seed=0)  # >= 4 full batches
-    configs = run_var_generate(rows, VarRunOptions(model=model, controller=f"rl:{policy}"),
+    options = VarRunOptions(model=model, controller=f"rl:{policy}")
+    conditions = len(plan_var_run(options))  # every class, or the held-out captions of a text model
+    rows = plan_var_run(options, images_per_condition=math.ceil(4 * batch_size / conditions))[: 4 * batch_size]
+    configs = run_var_generate(rows, options,
                                out / f"generate-{model.replace(':', '-')}-{batch_size}", num_actors=1,
                                batch_size=batch_size)
     ctrl = sum(c["controller_seconds"] for c in configs) / batch_size  # per batch, recorded on each item
