@@ -30,9 +30,9 @@ def _root(
 
 def _register() -> None:
     """Attach every command module. Each module exposes `register(app)`."""
-    from ecad_ray_cli import benchmark, demo, embed, embeddings, generate, image, metrics, report, schedule, search, var
+    from ecad_ray_cli import benchmark, dataset, demo, embed, embeddings, generate, image, metrics, report, schedule, search, var
 
-    for module in (generate, embeddings, schedule, benchmark, image, embed, metrics, report, var, demo, search):
+    for module in (generate, embeddings, schedule, benchmark, image, embed, metrics, report, var, demo, search, dataset):
         module.register(app)
 
 
