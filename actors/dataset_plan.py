@@ -171,7 +171,10 @@ class _Run:
                 task_id, rows = queue.popleft()
                 in_flight[pool.submit(_batch(rows, refs))] = (task_id, rows)
             if not in_flight:
-                if not queue and self.ledger.unfinished(gc.model) == 0:
+                if queue:  # batches wait for the pool's first actors to start
+                    time.sleep(0.05)
+                    continue
+                if self.ledger.unfinished(gc.model) == 0:
                     return
                 time.sleep(POLL_SECONDS)  # other processes hold the rest; a lost lease comes back to claim
                 continue
