@@ -182,3 +182,87 @@ class StagePool:
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []
+
+
+class ElasticPool:
+    """The actors of one stage spec, `stage.pool` = (min, max), fed one batch at a time by a
+    driver whose work arrives as it goes (a ledger's tasks), rather than as one dataset.
+
+    It starts `min` actors and adds one more, up to `max`, whenever the cluster has the room for
+    it (`grow`, called by the driver's loop): a node that joins mid-run gets actors, as Ray Data's
+    autoscaling pool would. Actors keep Ray's restart defaults (a killed worker comes back and its
+    batch is retried), so a batch once submitted is never lost. A batch goes to an actor that is
+    up and idle only; an actor that cannot be placed yet waits without holding work.
+    """
+
+    def __init__(self, stage: StageSpec):
+        import ray
+
+        quiet_ray_data()
+        self.stage = stage
+        self._remote = ray.remote(num_cpus=stage.num_cpus, num_gpus=stage.num_gpus,
+                                  max_restarts=-1, max_task_retries=-1)(stage.cls)
+        self._starting: dict = {}  # ready ref -> actor still being placed / constructed
+        self.idle: list = []
+        self._busy: dict = {}  # result ref -> actor
+        for _ in range(stage.pool[0]):
+            self._add()
+
+    @property
+    def size(self) -> int:
+        """Actors started, placed or not."""
+        return len(self._starting) + len(self.idle) + len(self._busy)
+
+    def _add(self) -> None:
+        actor = self._remote.remote(**dict(self.stage.kwargs))
+        self._starting[actor.__ray_ready__.remote()] = actor
+
+    def grow(self) -> None:
+        """Take in actors that finished starting (a failed constructor raises here), and start
+        one more when below `max`, none is still starting and the cluster has room for it."""
+        import ray
+
+        if self._starting:
+            ready, _ = ray.wait(list(self._starting), num_returns=len(self._starting), timeout=0)
+            for ref in ready:
+                actor = self._starting.pop(ref)
+                ray.get(ref)
+                self.idle.append(actor)
+        if not self._starting and self.size < self.stage.pool[1] and self._room():
+            self._add()
+
+    def _room(self) -> bool:
+        import ray
+
+        free = ray.available_resources()
+        return free.get("CPU", 0.0) >= self.stage.num_cpus and free.get("GPU", 0.0) >= self.stage.num_gpus
+
+    def submit(self, batch: dict):
+        """Send `batch` to an idle actor (there must be one); returns the result's object ref."""
+        check_plan(batch, [self.stage])
+        actor = self.idle.pop()
+        ref = actor.__call__.remote(batch)
+        self._busy[ref] = actor
+        return ref
+
+    def wait(self, timeout: float) -> list:
+        """Refs of batches that finished within `timeout` seconds (their actors are idle again)."""
+        import ray
+
+        if not self._busy:
+            return []
+        ready, _ = ray.wait(list(self._busy), num_returns=1, timeout=timeout)
+        for ref in ready:
+            self.idle.append(self._busy.pop(ref))
+        return ready
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._busy)
+
+    def close(self) -> None:
+        import ray
+
+        for actor in [*self._starting.values(), *self.idle, *self._busy.values()]:
+            ray.kill(actor)
+        self._starting, self.idle, self._busy = {}, [], {}

@@ -71,20 +71,9 @@ def plan_run(config: GenerateConfig, schedule: Schedule | None = None) -> RunPla
     `schedule`: `config.schedule` already parsed (`load_run_schedule`, or an earlier plan's),
     so re-planning a run does not parse it again."""
     config.check_counts()
-    model_spec = resolve_model(config.model)
-    if config.transformer_weights:
-        weights = Path(config.transformer_weights).expanduser()
-        if not weights.is_file():
-            raise UserError(f"--transformer-weights {weights}: no such file")
-        model_spec = replace(model_spec, transformer_file=str(weights.resolve()))
-    model_spec = fetch_weights(model_spec)
+    model_spec, settings, schedule = resolve_image_settings(config, schedule)
+    config = replace(config, steps=settings.steps) if schedule is not None and not config.steps else config
     family = generation_family(model_spec.family)
-    if schedule is None:
-        schedule = load_run_schedule(config)
-    schedule_name, schedule_steps = _check_schedule(config, model_spec, schedule)
-    if schedule_steps and not config.steps:
-        config = replace(config, steps=schedule_steps)
-    settings = ImageSettings.resolve(config, model_spec, schedule_name)
     output_dir = Path(config.output_dir).expanduser()
     _check_writable(output_dir)
 
@@ -135,6 +124,28 @@ def plan_run(config: GenerateConfig, schedule: Schedule | None = None) -> RunPla
     kept = [r for r in kept if (r["prompt_id"], r["seed"]) in wanted]
     macs = transformer_macs(model_spec, settings, schedule)
     return RunPlan(config, model_spec, settings, output_dir, store_root, jobs, kept, len(prompts), macs, schedule)
+
+
+def resolve_image_settings(
+    config: GenerateConfig, schedule: Schedule | None = None
+) -> tuple[ModelSpec, ImageSettings, Schedule | None]:
+    """The model (weights found), the settings that decide its pixels and the checked schedule.
+
+    The part of `plan_run` that knows nothing of prompts or run folders, so other plans that
+    generate with `config.model` (`dataset generate`) resolve a model exactly as `generate` does."""
+    model_spec = resolve_model(config.model)
+    if config.transformer_weights:
+        weights = Path(config.transformer_weights).expanduser()
+        if not weights.is_file():
+            raise UserError(f"--transformer-weights {weights}: no such file")
+        model_spec = replace(model_spec, transformer_file=str(weights.resolve()))
+    model_spec = fetch_weights(model_spec)
+    if schedule is None:
+        schedule = load_run_schedule(config)
+    schedule_name, schedule_steps = _check_schedule(config, model_spec, schedule)
+    if schedule_steps and not config.steps:
+        config = replace(config, steps=schedule_steps)
+    return model_spec, ImageSettings.resolve(config, model_spec, schedule_name), schedule
 
 
 def transformer_macs(model_spec: ModelSpec, settings: ImageSettings, schedule: Schedule | None) -> int | None:
