@@ -135,7 +135,7 @@ def _read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors vary by torch version
         raise UserError(f"{path}: cannot read as a torch state dict ({type(err).__name__}: {err})") from err
-    for wrapper in ("state_dict", "model", "trainer"):
+    for wrapper in ("state_dict", "model", "trainer", "vae"):  # "vae": Infinity's tokenizer files
         if isinstance(sd, dict) and wrapper in sd and isinstance(sd[wrapper], dict):
             sd = sd[wrapper]
     if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):

@@ -36,6 +36,7 @@ class ScaleRecord:
     summed_BChw: torch.Tensor | None = None  # f_hat after this scale (full latent size)
     residual_BChw: torch.Tensor | None = None  # this scale's codes, upsampled + Phi (full size)
     unscaled_BChw: torch.Tensor | None = None  # this scale's codes at their own width
+    bits_Bld: torch.Tensor | None = None  # Infinity: the bits drawn at this scale (B, w², d) uint8
 
 
 @dataclass
