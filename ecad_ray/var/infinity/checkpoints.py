@@ -75,8 +75,9 @@ def wrapper_names(sd: dict) -> dict:
     (`encoder.conv_in.conv.weight`, `...norm1.norm.weight`), as their `load_cnn` maps them."""
     out = {}
     for k, v in sd.items():
-        m = re.match(r"((?:encoder|decoder)\..*?)\.([a-z_0-9]+)\.(weight|bias)$", k)
-        if m and m.group(2) not in ("conv", "norm"):
+        m = re.match(r"((?:encoder|decoder)(?:\.[^.]+)*?)\.([a-z_0-9]+)\.(weight|bias)$", k)
+        resample = m and m.group(2) == "conv" and m.group(1).endswith(("downsample", "upsample"))
+        if m and (m.group(2) not in ("conv", "norm") or resample):
             k = f"{m.group(1)}.{m.group(2)}.{'norm' if m.group(2).startswith('norm') else 'conv'}.{m.group(3)}"
         out[k] = v
     return out
@@ -134,7 +135,7 @@ def build_random(config: InfinityModelConfig, seed: int = 0, device: str | torch
     return InfinityPipeline(config, vae.to(device), model.to(device))
 
 
-def hub_files(name: str) -> tuple[Path, Path]:
+def hub_files(name: str, cache_dir: str | Path | None = None) -> tuple[Path, Path]:
     """The released files of a registry name, from the Hugging Face cache (downloaded when online)."""
     from huggingface_hub import hf_hub_download
 
@@ -142,7 +143,7 @@ def hub_files(name: str) -> tuple[Path, Path]:
     paths, missing = [], []
     for f in HUB_FILES[name]:
         try:
-            paths.append(Path(hf_hub_download(HUB_REPO, f, local_files_only=offline)))
+            paths.append(Path(hf_hub_download(HUB_REPO, f, local_files_only=offline, cache_dir=cache_dir)))
         except Exception:  # not cached / no network: reported below, all names at once
             missing.append(f)
     if missing:

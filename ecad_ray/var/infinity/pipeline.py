@@ -23,6 +23,7 @@ from ecad_ray.var.controllers import Controller, NoPruning, describe
 from ecad_ray.var.generation import GenerationResult, GenerationState, ScaleRecord, ScaleState
 from ecad_ray.var.infinity.bsq_vae import BSQVAE, MultiScaleBSQ
 from ecad_ray.var.infinity.config import InfinityModelConfig, InfinitySampling
+from ecad_ray.var.infinity.flops import NOMINAL_TEXT_TOKENS, infinity_flops
 from ecad_ray.var.infinity.transformer import Infinity, TextContext, TextStates
 from ecad_ray.var.model import LayerKV, ScalePruning
 from ecad_ray.var.pruning import default_layer_range
@@ -34,7 +35,6 @@ class InfinityState(GenerationState):
     """A `GenerationState` whose condition is text; `ctx` holds what every scale reuses."""
 
     ctx: TextContext | None = None
-    next_input_BlC: torch.Tensor | None = None  # embedded input of the next scale (rows, l, C)
 
     @property
     def batch_size(self) -> int:
@@ -48,8 +48,10 @@ class InfinityPipeline:
     family = "infinity"
 
     def __init__(self, config: InfinityModelConfig, vae: BSQVAE, model: Infinity,
-                 sampling: InfinitySampling | None = None, layer_range: tuple[int, int] | None = None):
+                 sampling: InfinitySampling | None = None, layer_range: tuple[int, int] | None = None,
+                 dtype: torch.dtype = torch.float32):
         self.config = config
+        self.dtype = dtype  # the blocks' compute dtype (bf16 on a GPU, as Infinity runs); logits stay float32
         self.vae = vae.eval()
         self.model = model.eval()
         self.sampling = sampling or config.sampling
@@ -68,7 +70,20 @@ class InfinityPipeline:
 
     def with_sampling(self, **changes: Any) -> "InfinityPipeline":
         """Same weights, other sampling settings (cfg, tau, top_k, top_p)."""
-        return InfinityPipeline(self.config, self.vae, self.model, replace(self.sampling, **changes), self.layer_range)
+        return InfinityPipeline(self.config, self.vae, self.model, replace(self.sampling, **changes), self.layer_range,
+                                self.dtype)
+
+    def autocast(self):
+        """The blocks' precision: autocast to `dtype` (off for float32), as their inference does."""
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+    # ---- what the VAR family's run code asks of a pipeline ------------------------------
+    text_conditional = True
+    class_names: tuple[str, ...] = ()
+
+    def flops(self, ratios: list[float], text_len: int = NOMINAL_TEXT_TOKENS) -> list[float]:
+        """Transformer FLOPs per scale for one image at these ratios (`infinity_flops`)."""
+        return infinity_flops(self.config, ratios, self.layer_range, text_len, 2 if self.sampling.cfg != 1 else 1)
 
     # ---- conditions ---------------------------------------------------------------------
     def conditions(self, classes: list[int] | None = None, prompts: list[str] | None = None) -> TextStates:
@@ -101,7 +116,7 @@ class InfinityPipeline:
             cond=cond.states_BTC, cond_BD=ctx.cond_BD, mods=None, generators=generators,
             f_hat_BChw=torch.zeros(B, self.model.d, hw, hw, device=self.device),
             kvs=[LayerKV() for _ in range(self.depth)], pruning=ScalePruning(0.0, *self.layer_range),
-            keep_intermediates=keep_intermediates, ctx=ctx, next_input_BlC=self.model.start_tokens(ctx))
+            keep_intermediates=keep_intermediates, ctx=ctx)
 
     def scale_state(self, state: InfinityState) -> ScaleState:
         """The controller's view of a batch before its next scale."""
@@ -123,8 +138,6 @@ class InfinityPipeline:
         t0 = time.perf_counter()
         if ratio >= 1:
             record = ScaleRecord(si, self.patch_nums[si], float(ratio), True, 0.0)
-            if si + 1 < len(self.patch_nums):  # the next scale reads the summed codes as they are
-                state.next_input_BlC = self._next_input(state, si + 1)
         else:
             record = self._run_scale(state, si, float(ratio))
             record.seconds = time.perf_counter() - t0
@@ -132,8 +145,11 @@ class InfinityPipeline:
         state.scale_index += 1
         return record
 
-    def _next_input(self, state: InfinityState, si: int) -> torch.Tensor:
-        """Embedded input of scale `si`: the summed codes resized (trilinear) to its width."""
+    def scale_input(self, state: InfinityState, si: int) -> torch.Tensor:
+        """Embedded input of scale `si` (rows, w², C): the start token at scale 0, else the summed
+        codes resized (trilinear) to the scale's width (a skipped scale adds nothing to them)."""
+        if si == 0:
+            return self.model.start_tokens(state.ctx)
         w = self.patch_nums[si]
         x = MultiScaleBSQ.upsample(state.f_hat_BChw, (w, w)).flatten(2).transpose(1, 2)
         x = self.model.word_embed(x)
@@ -143,7 +159,8 @@ class InfinityPipeline:
     def _run_scale(self, state: InfinityState, si: int, ratio: float) -> ScaleRecord:
         B, w, s = state.batch_size, self.patch_nums[si], self.sampling
         state.pruning.ratio = ratio
-        x = self.model.run_blocks(state.next_input_BlC, si, state.ctx, state.kvs, state.pruning)
+        with self.autocast():
+            x = self.model.run_blocks(self.scale_input(state, si), si, state.ctx, state.kvs, state.pruning)
         logits = self.model.logits(x, state.ctx.cond_BD).mul(1 / s.tau)
         if s.cfg != 1:
             logits = s.cfg * logits[:B] + (1 - s.cfg) * logits[B:]
@@ -153,8 +170,6 @@ class InfinityPipeline:
         last = si == len(self.patch_nums) - 1
         residual = codes if last else MultiScaleBSQ.upsample(codes, state.f_hat_BChw.shape[-2:])
         state.f_hat_BChw = state.f_hat_BChw + residual
-        if not last:
-            state.next_input_BlC = self._next_input(state, si + 1)
         record = ScaleRecord(si, w, ratio, False, 0.0)
         record.bits_Bld = bits_Bhwd.reshape(B, w * w, -1).to(torch.uint8)
         if state.keep_intermediates:
