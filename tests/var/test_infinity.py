@@ -238,3 +238,26 @@ def test_missing_released_weights_one_line(tmp_path, monkeypatch):
     for part in ("infinity_2b_reg.pth", "infinity_vae_d32reg.pth", "FoundationVision/Infinity",
                  "huggingface-cli download", "--vae", "google/flan-t5-xl"):
         assert part in msg
+
+
+# ---- `var generate` ---------------------------------------------------------------------------
+def test_var_generate_run_with_infinity_tiny_writes_the_shared_tables(tmp_path):
+    import pyarrow.parquet as pq
+
+    from ecad_ray.var.run import VarRunOptions, generate_local, plan_var_run
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\ntwo green birds\n")
+    options = VarRunOptions(model="infinity-tiny", controller="8:0.4,12:0.5,16:1", save_intermediates=True)
+    rows = plan_var_run(options, prompt_file=prompts)
+    configs = generate_local(rows, options, tmp_path / "run", batch_size=2)
+    c = configs[0]
+    assert c["ratios"] == [0, 0, 0, 0, 0.4, 0.5, 1.0] and c["skipped_widths"] == [16] and c["image_size"] == 32
+    assert c["sampling"] == {"cfg": 3.0, "tau": 0.5, "top_k": 900, "top_p": 0.97}
+    assert 0 < c["transformer_gflops"] < c["transformer_gflops_unpruned"]
+    item = tmp_path / "run" / c["item_name"]
+    assert (item / "image.png").exists() and (item / "summed_codes").is_dir()
+    table = pq.read_table(tmp_path / "run" / "results.parquet").to_pylist()
+    assert [r["pruning"] for r in table] == ["8:0.4,12:0.5,16:1"] * 2 and table[0]["guidance_scale"] == 3.0
+    with pytest.raises(UserError, match="--dtype bf16: only Infinity models"):
+        plan_var_run(VarRunOptions(model="random:tiny", dtype="bf16"), classes=[0])
