@@ -261,3 +261,18 @@ def test_var_generate_run_with_infinity_tiny_writes_the_shared_tables(tmp_path):
     assert [r["pruning"] for r in table] == ["8:0.4,12:0.5,16:1"] * 2 and table[0]["guidance_scale"] == 3.0
     with pytest.raises(UserError, match="--dtype bf16: only Infinity models"):
         plan_var_run(VarRunOptions(model="random:tiny", dtype="bf16"), classes=[0])
+
+
+@pytest.mark.gpu
+def test_random_2b_generates_1024_px_in_bf16_on_cuda_with_fastvar_setting():
+    """The 2B's shapes on a GPU (random weights): bf16 blocks, FastVAR's setting, one image.
+    The speed figures are measured by `benchmarks/var_pruning.py --model infinity-2b`."""
+    from ecad_ray.var.infinity.checkpoints import build_random
+
+    pipe = build_random(preset("infinity-2b"), device="cuda")
+    pipe.dtype = torch.bfloat16
+    assert pipe.layer_range == (3, 32)
+    text = TextStates(torch.randn(1, 32, 2048, device="cuda"), [32])
+    result = pipe.generate(text, [0], WidthRatios(parse_width_ratios("32:0.4,40:0.5,48:1,64:1", pipe.patch_nums), pipe.patch_nums))
+    assert result.images_B3HW.shape == (1, 3, 1024, 1024) and bool(torch.isfinite(result.images_B3HW).all())
+    assert [r.skipped for r in result.records] == [False] * 11 + [True, True]
