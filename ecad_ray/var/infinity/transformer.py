@@ -178,7 +178,7 @@ class SelfAttention(nn.Module):
         scale_mul = self.scale_mul_1H11.clamp_max(MAX_SCALE_MUL).exp()
         q = F.normalize(q, dim=-1, eps=1e-12).mul(scale_mul)
         k = F.normalize(k, dim=-1, eps=1e-12)
-        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        q, k = apply_rope(q, rope).to(v.dtype), apply_rope(k, rope).to(v.dtype)  # one dtype under bf16 autocast
         if kv is not None:
             k, v = kv.append(k, v)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=1.0)
