@@ -70,9 +70,12 @@ class TextStates:
     lens: list[int]
 
     @property
-    def key_mask_B11T(self) -> torch.Tensor:
-        """True where a position holds a real token."""
+    def key_mask_B11T(self) -> torch.Tensor | None:
+        """True where a position holds a real token; None when no prompt is padded (lets
+        attention use its fastest kernel)."""
         T = self.states_BTC.shape[1]
+        if all(n == T for n in self.lens):
+            return None
         ar = torch.arange(T, device=self.states_BTC.device)
         return (ar[None, :] < torch.tensor(self.lens, device=ar.device)[:, None]).view(-1, 1, 1, T)
 
@@ -130,7 +133,7 @@ class CrossAttention(nn.Module):
         k, v = kv.view(B, T, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         return k, v
 
-    def forward(self, q_BLC: torch.Tensor | None, kv: tuple[torch.Tensor, torch.Tensor], mask_B11T: torch.Tensor) -> torch.Tensor:
+    def forward(self, q_BLC: torch.Tensor | None, kv: tuple[torch.Tensor, torch.Tensor], mask_B11T: torch.Tensor | None) -> torch.Tensor:
         k, v = kv
         B = k.shape[0]
         if q_BLC is None:  # attentive pool: one query
@@ -212,7 +215,7 @@ class CrossAttnBlock(nn.Module):
         return F.layer_norm(x.float(), (self.C,), eps=self.eps).mul(scale.add(1)).add_(shift)
 
     def forward(self, x_BLC: torch.Tensor, shared_B16C: torch.Tensor, ca_kv: tuple[torch.Tensor, torch.Tensor],
-                text_mask: torch.Tensor, rope: torch.Tensor, attn_bias: torch.Tensor | None = None,
+                text_mask: torch.Tensor | None, rope: torch.Tensor, attn_bias: torch.Tensor | None = None,
                 kv: LayerKV | None = None) -> torch.Tensor:
         gamma1, gamma2, scale1, scale2, shift1, shift2 = (self.ada_gss + shared_B16C).unbind(2)
         x_BLC = x_BLC + self.sa(self._ada_norm(x_BLC, scale1, shift1), rope, attn_bias, kv).mul_(gamma1)
@@ -239,7 +242,7 @@ class TextContext:
     cond_BD: torch.Tensor  # pooled text (rows, D)
     shared_B16C: torch.Tensor  # shared_ada_lin(cond) (rows, 1, 6, C)
     ca_kvs: list[tuple[torch.Tensor, torch.Tensor]]
-    text_mask: torch.Tensor  # (rows, 1, 1, T)
+    text_mask: torch.Tensor | None  # (rows, 1, 1, T); None when no prompt is padded
 
 
 class Infinity(nn.Module):
