@@ -153,6 +153,15 @@ def test_width_ratio_strings_and_controllers_drive_the_same_steps(tiny):
         parse_width_ratios("32:0.4", tiny.patch_nums)
 
 
+def test_bf16_blocks_run_under_autocast_with_pruning(tiny):
+    """The GPU default (`--dtype auto` = bf16 blocks) on the CPU's autocast: same code path, fp32 logits."""
+    pipe = InfinityPipeline(tiny.config, tiny.vae, tiny.model, dtype=torch.bfloat16)
+    cond = pipe.conditions(prompts=["a red circle", "two birds over the green sea"])  # padded text
+    result = pipe.generate(cond, [0, 1], TailPattern((0.4, 0.5, 1.0, 1.0)))
+    assert result.images_B3HW.dtype == torch.float32 and bool(torch.isfinite(result.images_B3HW).all())
+    assert [r.skipped for r in result.records] == [False] * 5 + [True, True]
+
+
 @pytest.mark.parametrize("ratios, layer_range, cfg", [
     ([0] * 7, (1, 4), 3.0),
     ([0, 0, 0, 0.5, 0.4, 0.5, 1.0], (1, 4), 3.0),
