@@ -19,6 +19,8 @@
 #               width with GPU_CHECK_T5_LAYERS layers, SD VAE): fp16, bf16, fp16 --offload peak memory
 #   tests-ray   pytest -m gpu on the test files that use Ray (skipped when Ray was not carried)
 #   image-ecad  the fp16 image run again with ECAD's ours_fast schedule (measured cache peak)
+#   infinity    var_pruning.py --model infinity-2b: random Infinity-2B size at 1024 px, bf16, batch 1,
+#               unpruned vs FastVAR's setting: measured transformer speedup vs the FLOPs ideal
 # A failing or timed-out step is reported in capitals at once and the next step still runs (but
 # none after a failed setup or env); the script exits 1 at the end if any step failed or did not run. Rerun some steps on a warm machine:
 #   GPU_CHECK_STEPS="var image-build image-fp16" bash benchmarks/gpu_check.sh
@@ -28,7 +30,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 SELF=$ROOT/benchmarks/gpu_check.sh
-ALL_STEPS="setup env tests speedup var memory image-build image-fp16 image-bf16 image-offload tests-ray image-ecad"
+ALL_STEPS="setup env tests speedup var memory image-build image-fp16 image-bf16 image-offload tests-ray image-ecad infinity"
 
 export GPU_CHECK_SMOKE=${GPU_CHECK_SMOKE:-0}
 export OUT=${OUT:-$ROOT/runs/gpu_check}
@@ -152,6 +154,14 @@ step_var() {
   fi
 }
 
+step_infinity() {
+  if [ "$GPU_CHECK_SMOKE" = 1 ]; then
+    "$PY" benchmarks/var_pruning.py --model infinity-tiny --device cpu --batch 1 --repeats 1
+  else
+    "$PY" benchmarks/var_pruning.py --model infinity-2b --device cuda --batch 1 --repeats 3
+  fi
+}
+
 step_memory() {
   "$PY" benchmarks/cache_memory.py
 }
@@ -240,7 +250,7 @@ fi
 budget_for() {  # each step's limit in seconds (the global deadline may cut it shorter)
   case $1 in
     setup) echo 90 ;; env) echo 60 ;; tests) echo 150 ;; speedup) echo 150 ;; var) echo 150 ;;
-    memory) echo 45 ;; image-build) echo 150 ;; image-*) echo 90 ;; tests-ray) echo 180 ;; *) echo 60 ;;
+    memory) echo 45 ;; infinity) echo 150 ;; image-build) echo 150 ;; image-*) echo 90 ;; tests-ray) echo 180 ;; *) echo 60 ;;
   esac
 }
 in_figures() {  # steps whose printed output belongs in gpu_figures.txt

@@ -19,6 +19,13 @@ scale:
 Batch 16 (32 rows with CFG) keeps even the 1-token first scale near compute bound; at batch
 1-2 reading the weights at every small scale dominates and the FLOPs ideal is out of reach.
 
+Infinity (`--model infinity-tiny|infinity-2b|random:infinity-2b`) gets its own short report instead:
+the FLOPs share per scale, unpruned and at FastVAR's setting (32:0.4, 40:0.5, 48 and 64 skipped on
+the 1024-px schedule: the last four scales by position), and, when weights can be built there
+(`infinity-tiny`; `infinity-2b` times random weights of its size, meant for a GPU), the measured
+transformer speedup against the FLOPs ideal (random text states of 32 tokens, Infinity's sampling):
+    python benchmarks/var_pruning.py --model infinity-2b --device cuda --batch 1 --repeats 3
+
 Run: PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/var_pruning.py [--repeats 3 --batch 16]
 On a GPU (the speed runs on CUDA, each scale's time with CUDA synchronisation; quality stays on
 the CPU), VAR-d16 size: python benchmarks/var_pruning.py --device cuda --speed-model random:var-d16
@@ -141,8 +148,11 @@ def main() -> None:
     ap.add_argument("--quality-model", default="demo-var", help="model for the quality runs")
     ap.add_argument("--grid", type=Path, default=None, help="write a PNG: unpruned / seed tail / fastvar-like rows")
     ap.add_argument("--device", default="cpu", help="torch device of the speed runs (quality runs on the CPU)")
+    ap.add_argument("--model", default=None, help="infinity-tiny | infinity-2b | random:infinity-2b: the Infinity report")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.model:
+        return infinity_report(args)
 
     bench = load_var_model(args.speed_model, device=args.device)
     if bench.device.type == "cuda":
@@ -193,6 +203,61 @@ def main() -> None:
           "gap = meas/ideal - 1 (target |gap| <= 15%); e2e x includes VQ decode and Python overheads;\n"
           "s/img = best end-to-end seconds per image; spread = slowest/fastest transformer time - 1 over the rounds;\n"
           "colour / shape = the demo judge's accuracy against the captions (unpruned gate: colour >= 0.80, shape >= 0.70).")
+
+
+FASTVAR = TailPattern((0.4, 0.5, 1.0, 1.0))  # 1M schedule: 32:0.4, 40:0.5, 48 and 64 skipped
+
+
+def infinity_report(args) -> None:
+    """FLOPs share per scale of an Infinity model, unpruned and FastVAR's setting, and the measured
+    transformer speedup (best of --repeats) against the FLOPs ideal."""
+    from ecad_ray.var.infinity.checkpoints import build_random, load_infinity_model
+    from ecad_ray.var.infinity.config import preset
+    from ecad_ray.var.infinity.flops import NOMINAL_TEXT_TOKENS, infinity_flops
+    from ecad_ray.var.pruning import default_layer_range
+    from ecad_ray.var.infinity.transformer import TextStates
+    from ecad_ray.var.run import resolve_dtype
+
+    name = args.model.removeprefix("random:")
+    config = preset(name)
+    t, n = config.transformer, len(config.transformer.scales)
+    layer_range = default_layer_range(t.depth)
+    ratios = [FASTVAR.ratio(i, n) for i in range(n)]
+    full, fast = infinity_flops(config, [0.0] * n, layer_range), infinity_flops(config, ratios, layer_range)
+    dtype = resolve_dtype("auto", args.device)
+    print(f"{args.model}: depth {t.depth}, width {t.embed_dim}, {config.vae.codebook_dim}-bit codes, scales "
+          f"{t.scales} ({t.seq_len} tokens), {config.image_size} px, prune layers {layer_range}, "
+          f"CFG x2, text {NOMINAL_TEXT_TOKENS} tokens, {dtype}, {args.device}")
+    print("\n  width  tokens   GFLOPs  share  cum-from-last  fastvar ratio  fastvar GFLOPs")
+    cum = np.cumsum(full[::-1])[::-1] / sum(full)
+    for w, f, c, r, p in zip(t.scales, full, cum, ratios, fast):
+        print(f"  {w:5d}  {w * w:6d}  {f / 1e9:7.3f}  {100 * f / sum(full):4.1f}%  {100 * c:12.1f}%  {r:13g}  {p / 1e9:14.3f}")
+    ideal = sum(full) / sum(fast)
+    print(f"  total {sum(full) / 1e9:.3f} -> {sum(fast) / 1e9:.3f} GFLOPs: FLOPs share {sum(fast) / sum(full):.3f}, ideal x {ideal:.2f}")
+    if name != "infinity-tiny" and not args.device.startswith("cuda"):
+        print("(timing the 2B's size needs a GPU: --device cuda)")
+        return
+    pipe = (load_infinity_model(name, device=args.device) if name == "infinity-tiny"
+            else build_random(config, device=args.device))  # the 2B's size with random weights
+    pipe.dtype = dtype
+    if pipe.device.type == "cuda":
+        synchronize_scales(pipe)
+    g = torch.Generator().manual_seed(0)
+    text = TextStates(torch.randn(args.batch, NOMINAL_TEXT_TOKENS, t.text_channels, generator=g).to(pipe.device),
+                      [NOMINAL_TEXT_TOKENS] * args.batch)
+    seeds = list(range(args.batch))
+    pipe.generate(text, seeds, FASTVAR)  # warm-up
+    best = {}
+    for _ in range(args.repeats):
+        for label, ctrl in (("unpruned", NoPruning()), ("fastvar", FASTVAR)):
+            _sync(pipe)
+            result = pipe.generate(text, seeds, ctrl)
+            best[label] = min(best.get(label, float("inf")), result.transformer_seconds / args.batch)
+    meas = best["unpruned"] / best["fastvar"]
+    gpu = torch.cuda.get_device_name(pipe.device) if pipe.device.type == "cuda" else "cpu"
+    print(f"\ntransformer s/image (best of {args.repeats}, batch {args.batch}, {gpu}): unpruned {best['unpruned']:.3f}, "
+          f"fastvar {best['fastvar']:.3f}; measured x {meas:.2f} vs ideal x {ideal:.2f} "
+          f"(gap {100 * (meas / ideal - 1):+.1f}%, target within 15%: {'yes' if abs(meas / ideal - 1) <= 0.15 else 'no'})")
 
 
 if __name__ == "__main__":

@@ -38,8 +38,8 @@ def _parse_classes(text: str | None) -> list[int] | None:
 @var_app.command("generate")
 def generate(
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Folder for items, config_all.json, metadata.json.")],
-    model: Annotated[str, typer.Option(help="demo-var | random:<preset> | file.safetensors | FoundationVision var_d16.pth or folder.")] = "demo-var",
-    vae: Annotated[Optional[str], typer.Option(help="FoundationVision tokenizer (vae_ch160v4096z32.pth) for a .pth --model.")] = None,
+    model: Annotated[str, typer.Option(help="demo-var | random:<preset> | file.safetensors | FoundationVision var_d16.pth or folder | infinity-tiny | infinity-2b | random:infinity-2b | infinity_2b_reg.pth.")] = "demo-var",
+    vae: Annotated[Optional[str], typer.Option(help="FoundationVision tokenizer (vae_ch160v4096z32.pth, infinity_vae_d32reg.pth) for a .pth --model.")] = None,
     classes: Annotated[Optional[str], typer.Option(help="Comma-separated class labels, e.g. 0,3,7 (default, without --prompt-file: every class, or the demo captions for a text model).")] = None,
     prompt_file: Annotated[Optional[Path], typer.Option(help="Prompts: one per line, or JSON {id: {\"prompt\": ...}}.")] = None,
     pruning_scales: Annotated[Optional[str], typer.Option(help="Ratios by map width, e.g. '8:0.5,16:1.0' (>= 1 skips the scale).")] = None,
@@ -56,6 +56,7 @@ def generate(
     num_workers: NumWorkers = 1,
     address: Address = None,
     device: Annotated[str, typer.Option(help="Torch device of each generator.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="Infinity's block precision: auto (bf16 on a GPU, else fp32) | fp32 | bf16.")] = "auto",
     images_per_condition: Annotated[Optional[int], old_spelling("--images-per-condition", "--num-images-per-prompt")] = None,
     seed: Annotated[Optional[int], old_spelling("--seed", "--start-seed")] = None,
     cfg: Annotated[Optional[float], old_spelling("--cfg", "--guidance-scale")] = None,
@@ -78,7 +79,7 @@ def generate(
     spec = pruning_scales or controller or "none"
     options = VarRunOptions(model=model, vae=vae, controller=spec, cfg=guidance_scale, top_k=top_k, top_p=top_p,
                             prune_layers=parse_layer_range(prune_layers), save_intermediates=save_intermediates,
-                            spectra=spectra, device=device)
+                            spectra=spectra, device=device, dtype=dtype)
     rows = plan_var_run(options, _parse_classes(classes), prompt_file, num_images_per_prompt, start_seed)
     configs = launch_generate(rows, options, output_dir, num_workers, batch_size, address)
     secs = sum(c["seconds_per_image"] for c in configs) / max(len(configs), 1)

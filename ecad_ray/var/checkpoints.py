@@ -96,6 +96,10 @@ def load_var_model(model: str, vae: str | None = None, device: str | torch.devic
     """Resolve `--model`: a shipped demo (`demo-var`, `demo-var-digits`), `random:<preset>`, a
     `.safetensors` file, a FoundationVision `.pth` (with `vae`), or a folder holding `var_d*.pth`
     and `vae_*.pth`."""
+    if model.startswith("infinity") or model.startswith("random:infinity"):
+        from ecad_ray.var.infinity.checkpoints import load_infinity_model
+
+        return load_infinity_model(model, vae, device)
     if model in DEMO_MODELS:
         if not DEMO_MODELS[model].exists():
             raise UserError(f"--model {model}: weights {DEMO_MODELS[model]} are missing; "
@@ -120,6 +124,10 @@ def load_var_model(model: str, vae: str | None = None, device: str | torch.devic
     if path.suffix == ".safetensors":
         return load_safetensors(path, device)
     if path.suffix in (".pth", ".pt"):
+        from ecad_ray.var.infinity.checkpoints import is_infinity_state_dict, load_infinity_model
+
+        if is_infinity_state_dict(_read_state_dict(path, "transformer")):
+            return load_infinity_model(str(path), vae, device)
         if vae is None:
             raise UserError(f"--model {model}: a FoundationVision VAR checkpoint needs --vae vae_ch160v4096z32.pth")
         return load_foundation_vision(path, vae, device=device)
@@ -135,7 +143,7 @@ def _read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors vary by torch version
         raise UserError(f"{path}: cannot read as a torch state dict ({type(err).__name__}: {err})") from err
-    for wrapper in ("state_dict", "model", "trainer"):
+    for wrapper in ("state_dict", "model", "trainer", "vae"):  # "vae": Infinity's tokenizer files
         if isinstance(sd, dict) and wrapper in sd and isinstance(sd[wrapper], dict):
             sd = sd[wrapper]
     if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):

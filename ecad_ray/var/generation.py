@@ -18,7 +18,7 @@ from ecad_ray.errors import UserError
 from ecad_ray.var.config import SamplingConfig, VarModelConfig
 from ecad_ray.var.controllers import Controller, NoPruning, describe
 from ecad_ray.var.model import VAR, LayerKV, Modulations, ScalePruning
-from ecad_ray.var.pruning import default_layer_range
+from ecad_ray.var.pruning import default_layer_range, transformer_flops
 from ecad_ray.var.sampling import make_generators, sample_tokens
 from ecad_ray.var.text import load_prompt_encoder, prompt_to_class
 from ecad_ray.var.vqvae import VQVAE
@@ -36,6 +36,7 @@ class ScaleRecord:
     summed_BChw: torch.Tensor | None = None  # f_hat after this scale (full latent size)
     residual_BChw: torch.Tensor | None = None  # this scale's codes, upsampled + Phi (full size)
     unscaled_BChw: torch.Tensor | None = None  # this scale's codes at their own width
+    bits_Bld: torch.Tensor | None = None  # Infinity: the bits drawn at this scale (B, w², d) uint8
 
 
 @dataclass
@@ -108,6 +109,27 @@ class VarPipeline:
     def device(self) -> torch.device:
         """Where the weights live."""
         return self.var.head.weight.device
+
+    # ---- what the family-independent run code asks of a pipeline (Infinity's answers too) ----
+    @property
+    def depth(self) -> int:
+        """Transformer blocks."""
+        return self.config.var.depth
+
+    @property
+    def text_conditional(self) -> bool:
+        """Conditioned on prompts (else on class labels)."""
+        return self.config.var.cond == "text"
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Names of the classes of a class-conditional model (may be empty)."""
+        return self.config.var.class_names
+
+    def flops(self, ratios: list[float]) -> list[float]:
+        """Transformer FLOPs per scale for one image at these ratios (`transformer_flops`)."""
+        vq = self.config.vqvae
+        return transformer_flops(self.config.var, vq.vocab_size, vq.z_channels, ratios, self.layer_range)
 
     def with_sampling(self, **changes: Any) -> "VarPipeline":
         """Same weights, other sampling settings (cfg, top_k, top_p)."""

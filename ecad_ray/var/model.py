@@ -309,20 +309,9 @@ class VAR(nn.Module):
         remembered yet (pruning at the first scale it runs) computes every token. `mods`
         (from `modulations`) saves recomputing the adaLN parameters at every scale.
         """
-        from ecad_ray.var.pruning import pivotal_indices, restore_tokens
+        from ecad_ray.var.pruning import run_layers
 
-        B, l, C = x_BlC.shape
-        pn = math.isqrt(l)
-        for li, block in enumerate(self.blocks):
-            mod = mods.blocks[li] if mods else None
-            in_range = pruning is not None and pruning.layer_start <= li < pruning.layer_end
-            if in_range and int(l * pruning.ratio) > 0 and li in pruning.restore_BChw:
-                keep_idx_BK = pivotal_indices(x_BlC, pruning.ratio)
-                x_BKC = torch.gather(x_BlC, 1, keep_idx_BK.unsqueeze(-1).expand(-1, -1, C))
-                y_BKC = block(x_BKC, cond_BD, None, kvs[li], mod)
-                x_BlC = restore_tokens(pruning.restore_BChw[li], y_BKC, keep_idx_BK, pn)
-            else:
-                x_BlC = block(x_BlC, cond_BD, None, kvs[li], mod)
-                if in_range:
-                    pruning.restore_BChw[li] = x_BlC.transpose(1, 2).reshape(B, C, pn, pn)
-        return x_BlC
+        def layer(li: int, x: torch.Tensor, keep_idx_BK: torch.Tensor | None) -> torch.Tensor:
+            return self.blocks[li](x, cond_BD, None, kvs[li], mods.blocks[li] if mods else None)
+
+        return run_layers(x_BlC, len(self.blocks), pruning, layer)

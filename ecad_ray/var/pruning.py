@@ -9,6 +9,9 @@ map size. A ratio >= 1 skips the scale altogether (no tokens are predicted there
 
 from __future__ import annotations
 
+import math
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -26,6 +29,32 @@ def restore_tokens(earlier_BChw: torch.Tensor, y_BKC: torch.Tensor, keep_idx_BK:
     B, C = earlier_BChw.shape[:2]
     base_BlC = F.interpolate(earlier_BChw, size=(pn, pn), mode="area").flatten(2).transpose(1, 2)
     return base_BlC.scatter(1, keep_idx_BK.unsqueeze(-1).expand(-1, -1, C), y_BKC)
+
+
+def run_layers(x_BlC: torch.Tensor, depth: int, pruning,
+               layer: Callable[[int, torch.Tensor, torch.Tensor | None], torch.Tensor]) -> torch.Tensor:
+    """Run `depth` layers on one scale's tokens, pruning inside `pruning`'s layer range.
+
+    `layer(li, x, keep_idx_BK)` runs layer `li` on `x` (all tokens when `keep_idx_BK` is None,
+    else the kept ones at those positions). Without `pruning` (a `ScalePruning`) every layer sees
+    all tokens. With it, layers in [layer_start, layer_end) remember their output whenever they
+    see all tokens, and at a pruned scale compute only the pivotal tokens; the other positions
+    are restored from that remembered output, area-interpolated to this size. A layer with
+    nothing remembered yet computes every token. Shared by VAR and Infinity.
+    """
+    B, l, C = x_BlC.shape
+    pn = math.isqrt(l)
+    for li in range(depth):
+        in_range = pruning is not None and pruning.layer_start <= li < pruning.layer_end
+        if in_range and int(l * pruning.ratio) > 0 and li in pruning.restore_BChw:
+            keep_idx_BK = pivotal_indices(x_BlC, pruning.ratio)
+            x_BKC = torch.gather(x_BlC, 1, keep_idx_BK.unsqueeze(-1).expand(-1, -1, C))
+            x_BlC = restore_tokens(pruning.restore_BChw[li], layer(li, x_BKC, keep_idx_BK), keep_idx_BK, pn)
+        else:
+            x_BlC = layer(li, x_BlC, None)
+            if in_range:
+                pruning.restore_BChw[li] = x_BlC.transpose(1, 2).reshape(B, C, pn, pn)
+    return x_BlC
 
 
 def default_layer_range(depth: int) -> tuple[int, int]:

@@ -24,7 +24,6 @@ from ecad_ray.var.controllers import Controller, describe, make_controller
 from ecad_ray.var.generation import VarPipeline
 from ecad_ray.var.items import generate_items
 from ecad_ray.var.outputs import item_files, item_name, write_json
-from ecad_ray.var.pruning import transformer_flops
 
 ROW_COLUMNS = {
     "index": "position of the item in the run (int)",
@@ -51,6 +50,7 @@ class VarRunOptions:
     save_intermediates: bool = False  # summed_codes/ and rescale_codes/ PNGs per scale
     spectra: bool = False  # DFT spectra .npy per scale
     device: str = "cpu"  # torch device of the generator
+    dtype: str = "auto"  # Infinity's block precision: auto (bf16 on a GPU, else fp32) | fp32 | bf16
     threads: int = 1  # torch threads per generator process
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,11 +94,23 @@ def build_rows(classes: list[int] | None, prompts: list[Prompt] | None, images_p
 def default_conditions(pipe: VarPipeline) -> tuple[list[int] | None, list[Prompt] | None]:
     """What a run draws when given no classes and no prompts: every class of a class-conditional
     model, the demo's held-out captions for a text-conditional one."""
-    if pipe.config.var.cond == "text":
+    if pipe.text_conditional:
         from ecad_ray.shapes import heldout_captions
 
         return None, from_texts(heldout_captions())
     return list(range(pipe.config.var.num_classes)), None
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(text: str, device: str) -> torch.dtype:
+    """`--dtype`: auto is bf16 on a GPU (how Infinity runs), float32 elsewhere."""
+    if text == "auto":
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    if text not in DTYPES:
+        raise UserError(f"--dtype {text}: choose auto, fp32 or bf16")
+    return DTYPES[text]
 
 
 def plan_var_run(options: VarRunOptions, classes: list[int] | None = None, prompt_file: str | Path | None = None,
@@ -120,8 +132,10 @@ def plan_var_run(options: VarRunOptions, classes: list[int] | None = None, promp
         pipe.conditions(classes=sorted({r["class_label"] for r in rows}))
     else:
         pipe.conditions(prompts=[r["prompt"] for r in rows])
-    if options.prune_layers and options.prune_layers[1] > pipe.config.var.depth:
-        raise UserError(f"--prune-layers: end {options.prune_layers[1]} is past the model's {pipe.config.var.depth} layers")
+    if options.prune_layers and options.prune_layers[1] > pipe.depth:
+        raise UserError(f"--prune-layers: end {options.prune_layers[1]} is past the model's {pipe.depth} layers")
+    if resolve_dtype(options.dtype, options.device) != torch.float32 and not hasattr(pipe, "dtype"):
+        raise UserError(f"--dtype {options.dtype}: only Infinity models run in bf16; VAR models run in fp32")
     return rows
 
 
@@ -145,9 +159,11 @@ class BatchGenerator:
             pipe = pipe.with_sampling(**changes)
         if self.options.prune_layers:
             end = self.options.prune_layers[1]
-            if end > pipe.config.var.depth:
-                raise UserError(f"--prune-layers: end {end} is past the model's {pipe.config.var.depth} layers")
+            if end > pipe.depth:
+                raise UserError(f"--prune-layers: end {end} is past the model's {pipe.depth} layers")
             pipe.layer_range = self.options.prune_layers
+        if hasattr(pipe, "dtype"):  # Infinity
+            pipe.dtype = resolve_dtype(self.options.dtype, self.options.device)
         self.pipeline = pipe
         self.controller = make_controller(self.options.controller, pipe.patch_nums, pipe, self.policy_act)
 
@@ -173,20 +189,20 @@ class BatchGenerator:
             result = pipe.generate(cond, seeds, self.controller, keep_intermediates=keep)
             item_ratios, controller_seconds = [result.ratios] * len(rows), 0.0
         wall = time.perf_counter() - t0
-        vq, vcfg = pipe.config.vqvae, pipe.config.var
-        flops_full = transformer_flops(vcfg, vq.vocab_size, vq.z_channels, [0.0] * len(pipe.patch_nums), pipe.layer_range)
+        flops_full = pipe.flops([0.0] * len(pipe.patch_nums))
         out = []
         for b, row in enumerate(rows):
             ratios = item_ratios[b]
-            flops = transformer_flops(vcfg, vq.vocab_size, vq.z_channels, ratios, pipe.layer_range)
+            flops = pipe.flops(ratios)
             files = item_files(result, b, self.options.save_intermediates, self.options.spectra)
             config = {
                 "item_name": row["item_name"], "model": self.options.model, "model_config": pipe.config.name,
                 "class_label": labels[b] if labels[b] >= 0 else None, "prompt": row["prompt"] or None,
-                "class_name": class_name(vcfg.class_names, labels[b]),
+                "class_name": class_name(pipe.class_names, labels[b]),
                 "prompt_id": row["prompt_id"], "prompt_index": int(row["prompt_index"]),
                 "image_size": pipe.config.image_size,
-                "condition": int(cond[b]) if cond.ndim == 1 else None, "seed": seeds[b],
+                "condition": int(cond[b]) if isinstance(cond, torch.Tensor) and cond.ndim == 1 else None,
+                "seed": seeds[b],
                 "controller": describe(self.controller), "widths": list(pipe.patch_nums),
                 "ratios": ratios, "skipped_widths": [w for w, r in zip(pipe.patch_nums, ratios) if r >= 1],
                 "prune_layers": list(pipe.layer_range), "sampling": asdict(pipe.sampling),

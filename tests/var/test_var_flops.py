@@ -11,38 +11,13 @@ the count incomplete, so it fails the test instead of being ignored.
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import ecad_ray  # noqa: F401
 from ecad_ray.var.checkpoints import build_models
 from ecad_ray.var.config import preset
 from ecad_ray.var.generation import VarPipeline
 from ecad_ray.var.pruning import computed_tokens, transformer_flops
-
-aten = torch.ops.aten
-_UNCOUNTED_PRODUCTS = {aten.mm.default, aten.bmm.default, aten.addmm.default, aten.matmul.default,
-                       aten.baddbmm.default, aten.einsum.default}
-
-
-class MacCounter(TorchDispatchMode):
-    """Sums the multiply-accumulates of linear layers and attention products while active."""
-
-    def __init__(self):
-        super().__init__()
-        self.macs = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is aten.linear.default:
-            x, w = args[0], args[1]
-            self.macs += (x.numel() // x.shape[-1]) * w.shape[0] * w.shape[1]
-        elif func is aten.scaled_dot_product_attention.default:
-            q, k, v = args[:3]  # (B, H, Lq, E), (B, H, Lk, E), (B, H, Lk, Ev)
-            self.macs += q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] * (q.shape[3] + v.shape[3])
-        elif func in _UNCOUNTED_PRODUCTS:
-            raise AssertionError(f"{func} runs in the step but the counter does not count it")
-        return func(*args, **kwargs)
-
+from mac_counter import MacCounter
 
 @pytest.fixture(scope="module")
 def tiny_pipe() -> VarPipeline:
