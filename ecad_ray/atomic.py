@@ -30,6 +30,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def is_leftover(path: Path) -> bool:
+    """A temporary file of `atomic_path` (`.<name>.<8 hex>.tmp`), left by a writer that was killed."""
+    name = path.name
+    return name.startswith(".") and name.endswith(".tmp") and len(name.split(".")[-2]) == 8
+
+
+def remove_leftovers(folder: str | os.PathLike) -> int:
+    """Delete the temporary files killed writers left under `folder`; how many there were.
+
+    Only safe while no other process can be writing there (a run holds its folder's lock)."""
+    found = [p for p in Path(folder).rglob(".*.tmp") if p.is_file() and is_leftover(p)]
+    for p in found:
+        p.unlink(missing_ok=True)
+    return len(found)
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` atomically."""
     with atomic_path(path) as tmp:

@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ecad_ray.atomic import write_text_atomic
+from ecad_ray.atomic import remove_leftovers, write_text_atomic
 from ecad_ray.config import GenerateConfig, ImageSettings
 from ecad_ray.embeddings import EmbeddingStore
 from ecad_ray.errors import UserError
@@ -261,6 +261,7 @@ def run_lock(output_dir: str | Path):
 
     An OS file lock (flock), so it is released when the process ends however it ends (a
     SIGKILLed driver leaves no stale lock) and two processes can never both write one folder.
+    Taking it also clears the temporary files of writes an earlier, killed run never finished.
     """
     import fcntl
     import socket
@@ -281,6 +282,7 @@ def run_lock(output_dir: str | Path):
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
         handle.flush()
+        remove_leftovers(output_dir)  # a driver SIGKILLed mid-write left its temporary file; none writes now
         try:
             yield
         finally:

@@ -143,6 +143,20 @@ def test_a_second_run_into_a_busy_folder_is_refused_in_one_line(tmp_path, ray_lo
         pass
 
 
+def test_taking_the_run_lock_clears_what_a_killed_writer_left(tmp_path):
+    """A driver SIGKILLed between writing a PNG's temporary file and renaming it leaves
+    `.<name>.<hex>.tmp`; the next run into the folder removes it (it holds the lock: nobody writes)."""
+    out = tmp_path / "run"
+    leftover = out / "images" / ".000__prompt_id:0__image_seed:002.png.6a61cc7e.tmp"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half a png")
+    kept = [out / "images" / "000__prompt_id:0__image_seed:000.png", out / ".notes.tmp", out / "a.tmp"]
+    for p in kept:
+        p.write_bytes(b"x")
+    with run_lock(out):
+        assert not leftover.exists() and all(p.exists() for p in kept)
+
+
 def test_a_corrupted_png_is_made_again_and_a_corrupted_table_rebuilt(tmp_path, ray_local):
     out = tmp_path / "run"
     run_generate(config(out))
