@@ -4,8 +4,9 @@ Per item and scale the policy sees (one row of `features`):
   - the scale: one-hot of its index, and index / (scales - 1);
   - compute: FLOPs spent so far and the budget left (shares of the unpruned image's FLOPs), and
     what this scale costs at ratio 0 (early scales are cheap, the last ones dominate);
-  - the image so far, from the summed latent (VAR's f_hat, Infinity's summed codes), cheap to compute (as SkipVAR's cues): its relative
-    change over the last scale, and the share of its energy at high spatial frequencies;
+  - the image so far, from the summed latent (VAR's f_hat, Infinity's summed codes), cheap to
+    compute (as SkipVAR's cues): its relative change over the last scale, and the share of its
+    energy at high spatial frequencies;
   - the condition: a one-hot class, or the prompt embedding (Infinity: its text encoder's token
     states averaged over the prompt's tokens, `InfinityState.pooled_condition`).
 
