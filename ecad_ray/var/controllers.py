@@ -126,9 +126,6 @@ def make_controller(spec: str | None, patch_nums: tuple[int, ...], pipeline: Any
     if spec is not None and spec.strip().startswith(RL_PREFIX):
         if pipeline is None:
             raise ValueError("an rl: controller needs the loaded pipeline to check the policy against")
-        if getattr(pipeline, "family", "var") == "infinity":
-            raise UserError(f"--controller {spec.strip()}: the RL policy is not available for Infinity models yet "
-                            "(use --pruning-scales or --controller default)")
         from ecad_ray.var.rl.checkpoint import policy_controller
 
         path, budget = parse_rl_spec(spec)

@@ -70,6 +70,37 @@ class GenerationState:
         """Items in the batch (B)."""
         return self.cond.shape[0]
 
+    def rows(self, pos: list[int]) -> torch.Tensor:
+        """Transformer rows of the items at positions `pos`: b, then its CFG null row b + B when
+        the batch runs null rows (rows are the conditional items first, then their null copies)."""
+        B = self.batch_size
+        idx = torch.tensor(pos, device=self.f_hat_BChw.device)
+        return torch.cat([idx + k * B for k in range(self.cond_BD.shape[0] // B)])
+
+    def take(self, pos: list[int]) -> "GenerationState":
+        """The sub-batch of the items at positions `pos`, mid-generation (caches, generators and
+        restoration maps follow), so it can continue on its own; per-item pruning splits a batch
+        with this (`ecad_ray.var.items`). Intermediates are not kept in a sub-batch."""
+        idx = torch.tensor(pos, device=self.f_hat_BChw.device)
+        rows = self.rows(pos)
+
+        def sub(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[rows]
+
+        mods = None if self.mods is None else Modulations([m[rows] for m in self.mods.blocks], self.mods.head[rows])
+        return replace(
+            self, cond=self.cond[idx], cond_BD=self.cond_BD[rows], mods=mods,
+            generators=[self.generators[p] for p in pos], f_hat_BChw=self.f_hat_BChw[idx],
+            kvs=[LayerKV(sub(kv.k), sub(kv.v)) for kv in self.kvs],
+            pruning=ScalePruning(self.pruning.ratio, self.pruning.layer_start, self.pruning.layer_end,
+                                 {li: t[rows] for li, t in self.pruning.restore_BChw.items()}),
+            keep_intermediates=False, records=list(self.records))
+
+    def pooled_condition(self) -> torch.Tensor:
+        """One condition row per item, what a learned controller reads: (B,) class labels or
+        (B, text_dim) prompt embeddings, as they are."""
+        return self.cond
+
 
 @dataclass
 class GenerationResult:
@@ -125,6 +156,13 @@ class VarPipeline:
     def class_names(self) -> tuple[str, ...]:
         """Names of the classes of a class-conditional model (may be empty)."""
         return self.config.var.class_names
+
+    @property
+    def condition_width(self) -> int:
+        """Width of an item's condition row for a learned controller: the classes (one-hot) or
+        the prompt embedding's width (`GenerationState.pooled_condition`)."""
+        v = self.config.var
+        return v.num_classes if v.cond == "class" else v.text_dim
 
     def flops(self, ratios: list[float]) -> list[float]:
         """Transformer FLOPs per scale for one image at these ratios (`transformer_flops`)."""

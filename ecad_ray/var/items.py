@@ -3,9 +3,10 @@
 A learned controller (the RL policy) looks at each image so far and answers one ratio per
 item. Items of a batch share one KV cache only while they share a ratio history (a pruned
 layer caches fewer keys), so before each scale the batch is split into groups by the ratio
-each item gets; each group then runs `VarPipeline.step` as a batch of its own. With one ratio
-for everyone (a fixed pattern, or a policy that never prunes) nothing is split and the
-computation is exactly `VarPipeline.generate`'s.
+each item gets; each group (`GenerationState.take`) then runs the pipeline's `step` as a batch
+of its own. With one ratio for everyone (a fixed pattern, or a policy that never prunes) nothing
+is split and the computation is exactly the pipeline's `generate`. Both families run here: a
+`VarPipeline` and an `InfinityPipeline` (whose state also splits its text context).
 
 The controller is asked once per scale for the whole batch (one round trip, also when it is a
 Ray actor) with an `ItemsView`; it may answer one float (every item) or one float per item.
@@ -20,8 +21,7 @@ from typing import Any
 import torch
 
 from ecad_ray.var.controllers import Controller, describe
-from ecad_ray.var.generation import GenerationState, VarPipeline
-from ecad_ray.var.model import LayerKV, Modulations, ScalePruning
+from ecad_ray.var.generation import GenerationState
 
 
 @dataclass
@@ -31,7 +31,7 @@ class ItemsView:
     scale_index: int
     num_scales: int
     patch_nums: tuple[int, ...]
-    cond: torch.Tensor  # (B,) class labels or (B, text_dim) prompt embeddings
+    cond: torch.Tensor  # `GenerationState.pooled_condition`: (B,) class labels or (B, width) prompt rows
     ratios: list[list[float]]  # per item, the ratios of the scales so far
     f_hat_BChw: torch.Tensor  # summed latent so far
     prev_f_hat_BChw: torch.Tensor  # summed latent one scale earlier (zeros before scale 1)
@@ -50,25 +50,6 @@ class ItemsResult:
     records: tuple = ()  # no per-scale intermediates are kept (groups differ per scale)
 
 
-def _take(state: GenerationState, pos: list[int]) -> GenerationState:
-    """The sub-batch of `state` at positions `pos` (CFG rows follow: b and b + B)."""
-    B = state.batch_size
-    idx = torch.tensor(pos, device=state.cond.device)
-    idx2 = torch.cat((idx, idx + B))
-
-    def rows2(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t[idx2]
-
-    return GenerationState(
-        cond=state.cond[idx], cond_BD=state.cond_BD[idx2],
-        mods=Modulations([m[idx2] for m in state.mods.blocks], state.mods.head[idx2]),
-        generators=[state.generators[p] for p in pos], f_hat_BChw=state.f_hat_BChw[idx],
-        kvs=[LayerKV(rows2(kv.k), rows2(kv.v)) for kv in state.kvs],
-        pruning=ScalePruning(state.pruning.ratio, state.pruning.layer_start, state.pruning.layer_end,
-                             {li: t[idx2] for li, t in state.pruning.restore_BChw.items()}),
-        keep_intermediates=False, scale_index=state.scale_index, records=list(state.records))
-
-
 def _per_item(answer: Any, batch: int) -> list[float]:
     """A controller's answer as one float per item (a single float applies to all)."""
     if isinstance(answer, (int, float)):
@@ -80,16 +61,19 @@ def _per_item(answer: Any, batch: int) -> list[float]:
 
 
 @torch.inference_mode()
-def generate_items(pipe: VarPipeline, cond: torch.Tensor, seeds: list[int], controller: Controller) -> ItemsResult:
-    """All scales of a batch, each item at the ratios the controller picks for it."""
-    B, n = cond.shape[0], len(pipe.patch_nums)
-    groups: list[tuple[list[int], GenerationState]] = [(list(range(B)), pipe.start(cond, list(seeds)))]
+def generate_items(pipe: Any, cond: Any, seeds: list[int], controller: Controller) -> ItemsResult:
+    """All scales of a batch (`pipe.conditions(...)` of a `VarPipeline` or `InfinityPipeline`),
+    each item at the ratios the controller picks for it."""
+    state = pipe.start(cond, list(seeds))
+    B, n = state.batch_size, len(pipe.patch_nums)
+    pooled = state.pooled_condition()
+    groups: list[tuple[list[int], GenerationState]] = [(list(range(B)), state)]
     item_ratios: list[list[float]] = [[] for _ in range(B)]
     prev = torch.zeros_like(groups[0][1].f_hat_BChw)
     step_seconds = ctrl_seconds = 0.0
     for si in range(n):
         f_hat = _assemble([(items, st.f_hat_BChw) for items, st in groups], B)
-        view = ItemsView(si, n, pipe.patch_nums, cond, [list(r) for r in item_ratios], f_hat, prev)
+        view = ItemsView(si, n, pipe.patch_nums, pooled, [list(r) for r in item_ratios], f_hat, prev)
         t0 = time.perf_counter()
         ratios = _per_item(controller.ratio(si, n, view), B)
         ctrl_seconds += time.perf_counter() - t0
@@ -100,7 +84,7 @@ def generate_items(pipe: VarPipeline, cond: torch.Tensor, seeds: list[int], cont
             by_ratio: dict[float, list[int]] = {}
             for pos, item in enumerate(items):
                 by_ratio.setdefault(ratios[item], []).append(pos)
-            parts = [(items, st)] if len(by_ratio) == 1 else [([items[p] for p in pos], _take(st, pos))
+            parts = [(items, st)] if len(by_ratio) == 1 else [([items[p] for p in pos], st.take(pos))
                                                              for pos in by_ratio.values()]
             for part_items, part in parts:
                 pipe.step(part, ratios[part_items[0]])

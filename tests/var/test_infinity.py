@@ -268,7 +268,7 @@ def test_var_generate_run_with_infinity_tiny_writes_the_shared_tables(tmp_path):
     assert (item / "image.png").exists() and (item / "summed_codes").is_dir()
     table = pq.read_table(tmp_path / "run" / "results.parquet").to_pylist()
     assert [r["pruning"] for r in table] == ["8:0.4,12:0.5,16:1"] * 2 and table[0]["guidance_scale"] == 3.0
-    with pytest.raises(UserError, match="RL policy is not available for Infinity"):
+    with pytest.raises(UserError, match="rl:demo-var-digits: policy was trained for model demo-var-digits"):
         plan_var_run(VarRunOptions(model="infinity-tiny", controller="rl:demo-var-digits"), prompt_file=prompts)
     with pytest.raises(UserError, match="--dtype bf16: only Infinity models"):
         plan_var_run(VarRunOptions(model="random:tiny", dtype="bf16"), classes=[0])

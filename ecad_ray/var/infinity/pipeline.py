@@ -13,7 +13,7 @@ intermediates, spectra and evaluation read an Infinity run as any VAR run.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -35,11 +35,27 @@ class InfinityState(GenerationState):
     """A `GenerationState` whose condition is text; `ctx` holds what every scale reuses."""
 
     ctx: TextContext | None = None
+    text_lens: list[int] = field(default_factory=list)  # each prompt's real tokens (the rest of `cond` is padding)
 
     @property
     def batch_size(self) -> int:
         """Items in the batch (B)."""
         return self.f_hat_BChw.shape[0]
+
+    def take(self, pos: list[int]) -> "InfinityState":
+        """The sub-batch at positions `pos` (see `GenerationState.take`), its text context included."""
+        rows = self.rows(pos)
+        c = self.ctx
+        ctx = TextContext(c.cond_BD[rows], c.shared_B16C[rows], [(k[rows], v[rows]) for k, v in c.ca_kvs],
+                          None if c.text_mask is None else c.text_mask[rows])
+        return replace(super().take(pos), ctx=ctx, text_lens=[self.text_lens[p] for p in pos])
+
+    def pooled_condition(self) -> torch.Tensor:
+        """(B, text_channels): each prompt's text states averaged over its real tokens. A learned
+        controller reads this instead of every token's state: one fixed-width row per item keeps
+        the policy small and independent of the prompt's length."""
+        rows = [s[:n].float().mean(dim=0) for s, n in zip(self.cond, self.text_lens)]
+        return torch.stack(rows)
 
 
 class InfinityPipeline:
@@ -81,6 +97,12 @@ class InfinityPipeline:
     text_conditional = True
     class_names: tuple[str, ...] = ()
 
+    @property
+    def condition_width(self) -> int:
+        """Width of an item's condition row for a learned controller: the text encoder's width
+        (`InfinityState.pooled_condition` averages the prompt's token states)."""
+        return self.config.transformer.text_channels
+
     def flops(self, ratios: list[float], text_len: int = NOMINAL_TEXT_TOKENS) -> list[float]:
         """Transformer FLOPs per scale for one image at these ratios (`infinity_flops`)."""
         return infinity_flops(self.config, ratios, self.layer_range, text_len, 2 if self.sampling.cfg != 1 else 1)
@@ -116,7 +138,7 @@ class InfinityPipeline:
             cond=cond.states_BTC, cond_BD=ctx.cond_BD, mods=None, generators=generators,
             f_hat_BChw=torch.zeros(B, self.model.d, hw, hw, device=self.device),
             kvs=[LayerKV() for _ in range(self.depth)], pruning=ScalePruning(0.0, *self.layer_range),
-            keep_intermediates=keep_intermediates, ctx=ctx)
+            keep_intermediates=keep_intermediates, ctx=ctx, text_lens=list(cond.lens))
 
     def scale_state(self, state: InfinityState) -> ScaleState:
         """The controller's view of a batch before its next scale."""

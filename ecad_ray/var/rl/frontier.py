@@ -36,7 +36,7 @@ from ecad_ray.var.rl.state import ModelFacts, flops_share
 
 def heldout_conditions(pipe, limit: int | None = None) -> tuple[list[int] | None, list[str] | None]:
     """Every class, or the demo's held-out captions for a text model (never trained on)."""
-    if pipe.config.var.cond == "text":
+    if pipe.text_conditional:
         from ecad_ray.shapes import heldout_captions
 
         return None, heldout_captions(limit)

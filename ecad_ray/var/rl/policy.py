@@ -24,7 +24,7 @@ class PolicyConfig:
     """What a policy was made for and how it acts (stored beside its weights)."""
 
     model: str  # the --model it was trained on (for messages)
-    fingerprint: str  # that model's `VarModelConfig.fingerprint()`: the policy only fits a model with it
+    fingerprint: str  # that model config's `fingerprint()` (VAR or Infinity): the policy only fits a model with it
     patch_nums: tuple[int, ...]
     cond: str
     cond_dim: int

@@ -4,9 +4,11 @@ Per item and scale the policy sees (one row of `features`):
   - the scale: one-hot of its index, and index / (scales - 1);
   - compute: FLOPs spent so far and the budget left (shares of the unpruned image's FLOPs), and
     what this scale costs at ratio 0 (early scales are cheap, the last ones dominate);
-  - the image so far, from the summed latent, cheap to compute (as SkipVAR's cues): its relative
-    change over the last scale, and the share of its energy at high spatial frequencies;
-  - the condition: a one-hot class, or the prompt embedding.
+  - the image so far, from the summed latent (VAR's f_hat, Infinity's summed codes), cheap to
+    compute (as SkipVAR's cues): its relative change over the last scale, and the share of its
+    energy at high spatial frequencies;
+  - the condition: a one-hot class, or the prompt embedding (Infinity: its text encoder's token
+    states averaged over the prompt's tokens, `InfinityState.pooled_condition`).
 
 Actions are ratios from a user-settable set (`--actions "0,0.25,0.5,0.75,skip"`; skip = 1).
 A mask keeps every item within its FLOPs budget (an action is allowed only if the cheapest
@@ -17,11 +19,11 @@ the image always run in full: pruning them saves nothing worth the damage.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
 from ecad_ray.errors import UserError
-from ecad_ray.var.pruning import transformer_flops
 
 DEFAULT_ACTIONS = "0,0.25,0.5,0.75,skip"
 NUM_SCALAR_FEATURES = 6  # progress, spent, budget left, scale cost, latent change, high-freq share
@@ -59,25 +61,24 @@ def check_budget(budget: float, option: str = "--flops-budget") -> float:
 
 @dataclass(frozen=True)
 class ModelFacts:
-    """The facts of a VAR model that the features and FLOPs shares depend on."""
+    """The facts of a VAR-family model (VAR or Infinity) that the features and FLOPs shares
+    depend on, read from a configured pipeline (its layer range and sampling as they are)."""
 
     patch_nums: tuple[int, ...]
     cond: str  # "class" | "text"
-    cond_dim: int  # classes, or the prompt embedding's width
-    var_cfg: object  # VARConfig (for transformer_flops)
-    vocab_size: int
-    cvae: int
+    cond_dim: int  # classes, or the width of the prompt's condition row (`pipe.condition_width`)
     layer_range: tuple[int, int]
     name: str  # the model config's name (for messages)
-    fingerprint: str  # `VarModelConfig.fingerprint()`: the identity a policy is bound to
+    fingerprint: str  # the model config's `fingerprint()`: the identity a policy is bound to
+    scale_flops: Callable[[list[float]], list[float]] = field(compare=False, repr=False)  # `pipe.flops`
     _flops_cache: dict = field(default_factory=dict, compare=False, repr=False)  # ratios -> FLOPs per scale
 
     @classmethod
     def of(cls, pipe) -> "ModelFacts":
-        """Facts of a loaded `VarPipeline`."""
-        v, q = pipe.config.var, pipe.config.vqvae
-        return cls(tuple(pipe.patch_nums), v.cond, v.num_classes if v.cond == "class" else v.text_dim, v,
-                   q.vocab_size, q.z_channels, tuple(pipe.layer_range), pipe.config.name, pipe.config.fingerprint())
+        """Facts of a loaded `VarPipeline` or `InfinityPipeline`; FLOPs come from the model's own
+        formula (`pipe.flops`)."""
+        return cls(tuple(pipe.patch_nums), "text" if pipe.text_conditional else "class", pipe.condition_width,
+                   tuple(pipe.layer_range), pipe.config.name, pipe.config.fingerprint(), pipe.flops)
 
     def flops(self, ratios: list[float]) -> list[float]:
         """FLOPs per scale of one image with these ratios (the first len(ratios) scales).
@@ -87,8 +88,7 @@ class ModelFacts:
         key = tuple(ratios)
         if key not in self._flops_cache:
             full = list(ratios) + [0.0] * (len(self.patch_nums) - len(ratios))
-            self._flops_cache[key] = transformer_flops(self.var_cfg, self.vocab_size, self.cvae, full,
-                                                       self.layer_range)[: len(ratios)]
+            self._flops_cache[key] = list(self.scale_flops(full))[: len(ratios)]
         return self._flops_cache[key]
 
     @property

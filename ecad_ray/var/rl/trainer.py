@@ -80,10 +80,11 @@ class Task:
 
 
 def training_pool(pipe, seeds_per_condition: int) -> list[tuple[int, str, int]]:
-    """(class, prompt, seed) of every training task: each condition x its training seeds."""
-    v = pipe.config.var
-    if v.cond == "class":
-        conds = [(c, "") for c in range(v.num_classes)]
+    """(class, prompt, seed) of every training task: each condition x its training seeds. A text
+    model (a text VAR, Infinity) trains on the shapes demo's training captions: the policy learns
+    where pruning hurts the image, which needs varied prompts, not the prompts of one domain."""
+    if not pipe.text_conditional:
+        conds = [(c, "") for c in range(pipe.config.var.num_classes)]
     else:
         from ecad_ray.shapes import sample_scenes
 
@@ -101,7 +102,7 @@ def pick_tasks(pool: list[tuple[int, str, int]], config: TrainConfig, update: in
 class Rollouts:
     """A rollout worker's state: the generator, a policy copy, the cached unpruned references."""
 
-    pipe: Any  # VarPipeline
+    pipe: Any  # VarPipeline or InfinityPipeline
     policy_config: PolicyConfig
     reward: RewardConfig
     references: dict[tuple[int, str, int], np.ndarray] = field(default_factory=dict)
