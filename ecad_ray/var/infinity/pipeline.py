@@ -17,7 +17,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ecad_ray.var.controllers import Controller, NoPruning, describe
 from ecad_ray.var.generation import GenerationResult, GenerationState, ScaleRecord, ScaleState
