@@ -24,6 +24,8 @@ def search(
     population: Annotated[int, typer.Option(help="Candidates per generation (ECAD: 72).")] = 72,
     generations: Annotated[int, typer.Option(help="Generations evolved after the seed generation gen_000.")] = 10,
     objective: Annotated[str, typer.Option(help="judge, imagereward, clip, psnr, ssim or lpips.")] = "judge",
+    fidelity: Annotated[str, typer.Option(help="psnr or ssim to the uncached images as a further objective "
+                                               "(the front then trades quality, fidelity and MACs).")] = "",
     init_population: Annotated[Optional[Path], typer.Option(help="ECAD population or schedule folder to seed gen_000 (default: baselines).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Denoising steps (default: the model's).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of NSGA-II and of the random genomes.")] = 0,
@@ -48,7 +50,7 @@ def search(
                           str(input_embeddings) if input_embeddings else None)
     job = EvalJob(prompts, num_images_per_prompt, start_seed, 1, "", str(input_embeddings or ""), batch_size)
     config = SearchConfig(model=model, job=job, output_dir=str(output_dir), objective=objective,
-                          generations=generations, nsga=NsgaSettings(population=population, seed=seed),
+                          fidelity=fidelity, generations=generations, nsga=NsgaSettings(population=population, seed=seed),
                           init_population=str(init_population) if init_population else None, steps=steps,
                           resume=resume, num_workers=num_workers, threads_per_worker=threads_per_worker,
                           address=address, device=device)
