@@ -9,8 +9,10 @@ One code path for `ecad-ray benchmark --method`, `ecad-ray search --method` (its
 and `benchmarks/schedule_search.py`: every method is scored by the search's evaluator
 (`CandidateEvaluator`: one model per worker, the job's images at fixed seeds, the uncached
 images made once as the fidelity reference), so speed, quality and fidelity are measured the
-same way for a schedule and for a peer. MACs are the schedule's analytic count relative to the
-uncached one; a peer decides what to skip at run time, so its MACs are left empty.
+same way for a schedule and for a peer. `macs_ratio` is a schedule's analytic count relative to
+the uncached one (a peer decides what to skip at run time: empty); `counted_macs_ratio` is
+what every method's run really computed (`LinearMacCounter`), the one cost axis that does not
+move with the machine's load, as seconds on a shared 2-core box do.
 """
 
 from __future__ import annotations
@@ -79,19 +81,26 @@ def compare_methods(evaluator, methods: list[Method], spec, repeats: int = 1) ->
         rows.append({"method": m.name, "kind": m.kind, "objective": s.get("objective"),
                      "quality": s["quality"], "psnr": s.get("psnr"), "ssim": s.get("ssim"),
                      "lpips": s.get("lpips"), "seconds_per_image": s["seconds_per_image"],
-                     "speedup": base / s["seconds_per_image"], "macs_ratio": 1.0 if m.kind == "uncached" else macs})
+                     "speedup": base / s["seconds_per_image"], "macs_ratio": 1.0 if m.kind == "uncached" else macs,
+                     "counted_macs_ratio": _ratio(s.get("counted_macs"), scores[UNCACHED].get("counted_macs"))})
     return rows
+
+
+def _ratio(value, full):
+    return value / full if value is not None and full else None
 
 
 def comparison_table(rows: list[dict]) -> str:
     """The rows as aligned text, uncached first, then fastest first."""
     rows = sorted(rows, key=lambda r: (r["kind"] != "uncached", -r["speedup"]))
     has_lpips = any(r.get("lpips") is not None for r in rows)
-    lines = [f"{'method':<34} {'kind':<8} {'speedup':>7} {'s/image':>8} {'MACs':>6} {'quality':>8} {'psnr':>6} {'ssim':>6}"
+    lines = [f"{'method':<34} {'kind':<8} {'speedup':>7} {'s/image':>8} {'MACs':>6} {'counted':>7} {'quality':>8} "
+             f"{'psnr':>6} {'ssim':>6}"
              + (f" {'lpips':>6}" if has_lpips else "")]
     for r in rows:
         line = (f"{r['method']:<34} {r['kind']:<8} {r['speedup']:>6.2f}x {r['seconds_per_image']:>8.3f} "
-                f"{_num(r['macs_ratio'], 6, 3)} {_num(r['quality'], 8, 3)} {_num(r['psnr'], 6, 2)} {_num(r['ssim'], 6, 3)}")
+                f"{_num(r['macs_ratio'], 6, 3)} {_num(r.get('counted_macs_ratio'), 7, 3)} {_num(r['quality'], 8, 3)} "
+                f"{_num(r['psnr'], 6, 2)} {_num(r['ssim'], 6, 3)}")
         lines.append(line + (f" {_num(r.get('lpips'), 6, 3)}" if has_lpips else ""))
     return "\n".join(lines)
 
@@ -119,31 +128,36 @@ def _schema():
     import pyarrow as pa
 
     text = ("method", "kind", "objective")
-    numbers = ("quality", "psnr", "ssim", "lpips", "seconds_per_image", "speedup", "macs_ratio")
+    numbers = ("quality", "psnr", "ssim", "lpips", "seconds_per_image", "speedup", "macs_ratio", "counted_macs_ratio")
     return pa.schema([pa.field(n, pa.string()) for n in text] + [pa.field(n, pa.float64()) for n in numbers])
 
 
 def plot_comparison(rows: list[dict], path: Path, title: str) -> Path:
-    """Speedup vs quality (left) and vs PSNR to the uncached images (right), one marker per kind."""
+    """Quality (left) and PSNR to the uncached images (right) against measured speedup (top) and
+    against the MACs each run computed (bottom, the load-free cost), one marker per kind."""
     from matplotlib.figure import Figure
 
     style = {"uncached": ("k", "*"), "schedule": ("C2", "o"), "searched": ("C3", "P"), "peer": ("C0", "s")}
-    fig = Figure(figsize=(10, 4.2))
-    axes = fig.subplots(1, 2)
-    for ax, key, label in ((axes[0], "quality", f"quality ({rows[0].get('objective') or 'objective'})"),
-                           (axes[1], "psnr", "PSNR to uncached (dB)")):
-        for kind in KINDS:
-            mine = [r for r in rows if r["kind"] == kind and r.get(key) is not None]
-            if mine:
-                color, marker = style[kind]
-                ax.scatter([r["speedup"] for r in mine], [r[key] for r in mine], color=color, marker=marker, label=kind)
-                for r in mine:
-                    ax.annotate(r["method"][:22], (r["speedup"], r[key]), fontsize=6, xytext=(3, 2),
-                                textcoords="offset points")
-        ax.set_xlabel("speedup (measured s/image vs uncached)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    xs = [("speedup", "speedup (measured s/image vs uncached)")]
+    if any(r.get("counted_macs_ratio") for r in rows):
+        xs.append(("counted_macs_ratio", "MACs computed / uncached (counted)"))
+    ys = [("quality", f"quality ({rows[0].get('objective') or 'objective'})"), ("psnr", "PSNR to uncached (dB)")]
+    fig = Figure(figsize=(10, 4.0 * len(xs)))
+    axes = fig.subplots(len(xs), 2, squeeze=False)
+    for (xkey, xlabel), line in zip(xs, axes):
+        for (ykey, ylabel), ax in zip(ys, line):
+            for kind in KINDS:
+                mine = [r for r in rows if r["kind"] == kind and r.get(ykey) is not None and r.get(xkey) is not None]
+                if mine:
+                    color, marker = style[kind]
+                    ax.scatter([r[xkey] for r in mine], [r[ykey] for r in mine], color=color, marker=marker, label=kind)
+                    for r in mine:
+                        ax.annotate(r["method"][:22], (r[xkey], r[ykey]), fontsize=6, xytext=(3, 2),
+                                    textcoords="offset points")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)

@@ -58,13 +58,17 @@ class CandidateEvaluator:
     def images(self, setting=None) -> tuple[np.ndarray, float]:
         """Every image of the job under `setting` (a Schedule, a PeerMethod, None: uncached) and
         seconds per image (attaching the hooks, and a peer's calibration, not counted)."""
+        from ecad_ray.caching.macs import LinearMacCounter
+
         rows = self.job.rows()
         remove = self._attach(setting)
         start = time.perf_counter()
         try:
-            images = self._generate(rows)
+            with LinearMacCounter(self.generator.pipe.transformer) as counter:
+                images = self._generate(rows)
         finally:
             remove()
+        self.counted_macs = counter.macs / len(rows)  # per image: what `evaluate` reports
         return images, (time.perf_counter() - start) / len(rows)
 
     def _generate(self, rows: list[tuple[int, int]]) -> np.ndarray:
@@ -98,6 +102,7 @@ class CandidateEvaluator:
         images, seconds = self.images(setting)
         scores = self.scorer(images, self.job.captions(), self.reference)
         scores["seconds_per_image"] = seconds
+        scores["counted_macs"] = self.counted_macs
         return scores
 
 

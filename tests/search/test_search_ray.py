@@ -94,8 +94,11 @@ def test_benchmark_method_puts_schedules_and_peers_in_one_table(tmp_path, store,
     assert rows["default"]["psnr"] == 100.0  # all-recompute: the uncached images exactly
     assert rows["recompute_all_every_002"]["macs_ratio"] == pytest.approx(0.505, abs=0.01)
     assert rows["recompute_all_every_002"]["psnr"] < 100.0
+    for name in ("default", "recompute_all_every_002"):  # what the run computed is what the schedule says
+        assert rows[name]["counted_macs_ratio"] == pytest.approx(rows[name]["macs_ratio"], rel=1e-6)
     for peer in ("pab:skip=2", "mag:threshold=0.2"):
         assert rows[peer]["kind"] == "peer" and rows[peer]["macs_ratio"] is None
+        assert 0 < rows[peer]["counted_macs_ratio"] < 1  # it skipped work, which was counted
         assert 15 < rows[peer]["psnr"] < 100  # it changed the images, without wrecking them
         assert peer in printed
     assert np.isfinite([r["quality"] for r in rows.values()]).all()
