@@ -1,13 +1,22 @@
 """ECAD's search on the trained demo model, then its front against every other caching method.
 
     python benchmarks/schedule_search.py --quick            # population 8, 2 generations, 4 prompts
-    python benchmarks/schedule_search.py                    # population 24, 10 generations (<= 60 min, 2 CPUs)
-    python benchmarks/schedule_search.py --workers-check    # 1 vs 2 workers on the seed generation
+    python benchmarks/schedule_search.py --num-workers 2    # population 32, 30 generations, 12 prompts
+    python benchmarks/schedule_search.py --prompts 8 --population 24 --generations 40 --num-workers 2
+                                                            # the shipped search (schedules/demo/searched/)
+    python benchmarks/schedule_search.py --workers-check    # candidates/s with 1 and 2 workers
 
-Prints: the search's wall time and candidates/s; one table of the searched front, the FORA /
-every-N / TGATE baselines and diffusers' caches (PAB, FirstBlockCache, FasterCache; cache-dit
-when installed) on held-out prompts, with quality (judge accuracy), fidelity to the uncached
-images (PSNR, SSIM), seconds per image and MACs (schedules only); and a speed-vs-quality PNG.
+The search is resumable: run the same command again (after Ctrl-C, or with more
+--generations) and it continues in --output-dir/search. Judge accuracy and, by default
+(--fidelity psnr), PSNR to the uncached images are its quality objectives, MACs the third.
+
+Prints: the search's wall time and candidates/s; the front; one table of the searched front,
+the FORA / every-N / TGATE baselines and every peer (diffusers' PAB, FirstBlockCache,
+FasterCache, TaylorSeerCache, MagCache; cache-dit when installed) on held-out prompts, with
+judge accuracy, PSNR / SSIM to the uncached images, measured speed and MACs (analytic for
+schedules, counted for every method), written as methods.parquet and speed_vs_quality.png by
+the code `ecad-ray benchmark --method` runs; then, per peer, the cheapest searched schedule
+that is at least as good on judge accuracy and PSNR.
 """
 
 from __future__ import annotations
