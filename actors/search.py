@@ -151,7 +151,7 @@ def _rows(config: SearchConfig, methods: list, repeats: int) -> list[dict]:
 
     evaluator = RayEvaluator(config, _gpu(config))
     evaluator.args["with_lpips"] = config.lpips_random_backbone or backbone_cached("alex")
-    return compare_methods(evaluator, methods, search_layout(config).spec, repeats)
+    return compare_methods(evaluator, methods, search_layout(config).spec, repeats, config.objective)
 
 
 def _compare(config: SearchConfig, methods: list, folder, repeats: int = 1) -> list[dict]:

@@ -24,6 +24,7 @@ from pathlib import Path
 from ecad_ray.caching.schedule import Schedule
 from ecad_ray.errors import UserError
 from ecad_ray.peers import PeerMethod, parse_method
+from ecad_ray.search.objectives import PSNR_CAP
 
 METHODS_FILE = "methods.parquet"
 PLOT_FILE = "speed_vs_quality.png"
@@ -53,10 +54,11 @@ def comparison_methods(schedules: list[tuple[str, Schedule]] = (), specs: list[s
     return methods
 
 
-def compare_methods(evaluator, methods: list[Method], spec, repeats: int = 1) -> list[dict]:
+def compare_methods(evaluator, methods: list[Method], spec, repeats: int = 1, objective: str = "judge") -> list[dict]:
     """Score the uncached model and every method through `evaluator` (the search's `Evaluator`).
 
-    `spec`: the model's `TransformerSpec`, for the schedules' MAC ratio. With `repeats` > 1 each
+    `spec`: the model's `TransformerSpec`, for the schedules' MAC ratio; `objective`: the name of
+    the evaluator's quality objective (the table's `objective` column). With `repeats` > 1 each
     method runs that many times and keeps its fastest time (the images are the same each time):
     on a shared machine one timing of a sub-second job is mostly noise.
     """
@@ -78,7 +80,7 @@ def compare_methods(evaluator, methods: list[Method], spec, repeats: int = 1) ->
     for m in [Method(UNCACHED, "uncached")] + list(methods):
         s = scores[m.name]
         macs = schedule_mac_report(m.setting, spec).ratio if isinstance(m.setting, Schedule) else None
-        rows.append({"method": m.name, "kind": m.kind, "objective": s.get("objective"),
+        rows.append({"method": m.name, "kind": m.kind, "objective": objective,
                      "quality": s["quality"], "psnr": s.get("psnr"), "ssim": s.get("ssim"),
                      "lpips": s.get("lpips"), "seconds_per_image": s["seconds_per_image"],
                      "speedup": base / s["seconds_per_image"], "macs_ratio": 1.0 if m.kind == "uncached" else macs,
@@ -147,7 +149,8 @@ def plot_comparison(rows: list[dict], path: Path, title: str) -> Path:
     for (xkey, xlabel), line in zip(xs, axes):
         for (ykey, ylabel), ax in zip(ys, line):
             for kind in KINDS:
-                mine = [r for r in rows if r["kind"] == kind and r.get(ykey) is not None and r.get(xkey) is not None]
+                mine = [r for r in rows if r["kind"] == kind and r.get(ykey) is not None and r.get(xkey) is not None
+                        and not (ykey == "psnr" and r[ykey] >= PSNR_CAP)]  # identical images: off the scale
                 if mine:
                     color, marker = style[kind]
                     ax.scatter([r[xkey] for r in mine], [r[ykey] for r in mine], color=color, marker=marker, label=kind)

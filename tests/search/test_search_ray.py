@@ -102,6 +102,7 @@ def test_benchmark_method_puts_schedules_and_peers_in_one_table(tmp_path, store,
         assert 15 < rows[peer]["psnr"] < 100  # it changed the images, without wrecking them
         assert peer in printed
     assert np.isfinite([r["quality"] for r in rows.values()]).all()
+    assert {r["objective"] for r in rows.values()} == {"judge"}
     assert (out / "speed_vs_quality.png").is_file()
 
 
