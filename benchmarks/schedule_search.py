@@ -126,6 +126,38 @@ def target_check(rows: list[dict]) -> list[str]:
     return lines
 
 
+def ship(rows: list[dict], front: list[dict], out: Path, folder: Path) -> list[Path]:
+    """The schedules worth shipping, written to `folder` as `searched_macs_NNN.json` (NNN: counted
+    MACs in % of uncached): per peer, the cheapest searched schedule at least as good on judge
+    accuracy and PSNR (held-out figures), and the cheapest one at the uncached judge accuracy."""
+    from ecad_ray.caching import load_schedule
+    from ecad_ray.caching.schedule import save_schedule
+
+    searched = {r["method"]: r for r in rows if r["kind"] == "searched"}
+    uncached = next(r for r in rows if r["kind"] == "uncached")
+    picks = set()
+    for peer in (r for r in rows if r["kind"] == "peer"):
+        good = [s for s in searched.values() if s["quality"] >= peer["quality"] and s["psnr"] >= peer["psnr"]
+                and s["counted_macs_ratio"] <= peer["counted_macs_ratio"]]
+        if good:
+            picks.add(min(good, key=lambda s: s["counted_macs_ratio"])["method"])
+    at_uncached = [s for s in searched.values() if s["quality"] >= uncached["quality"]]
+    if at_uncached:
+        picks.add(min(at_uncached, key=lambda s: s["counted_macs_ratio"])["method"])
+    files = {r["name"]: r["file"] for r in front}
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in sorted(picks, key=lambda n: searched[n]["counted_macs_ratio"]):
+        r = searched[name]
+        stem = f"searched_macs_{round(100 * r['counted_macs_ratio']):03d}"
+        schedule = load_schedule(out / files[name])
+        held_out = {k: r[k] for k in ("quality", "psnr", "ssim", "speedup", "counted_macs_ratio")}
+        attributes = {**schedule.attributes, "search_candidate": files[name], "held_out": held_out}
+        written.append(save_schedule(dataclasses.replace(schedule, name=stem, attributes=attributes),
+                                     folder / f"{stem}.json"))
+    return written
+
+
 def workers_check(out: Path, prompts, candidates: int) -> None:
     """Candidates/s with 1 and with 2 workers on the same random genomes, pools warmed first."""
     import os
@@ -174,6 +206,7 @@ def main() -> None:
     ap.add_argument("--heldout", type=int, default=16, help="held-out prompts the comparison runs on")
     ap.add_argument("--repeats", type=int, default=3, help="timings per method in the comparison (fastest kept)")
     ap.add_argument("--candidates", type=int, default=16, help="--workers-check: candidates timed per worker count")
+    ap.add_argument("--ship", type=Path, help="write the schedules worth shipping there (schedules/demo/searched)")
     args = ap.parse_args()
     prompts = _prompts(ROOT / "prompts" / "demo.txt", args.prompts or (4 if args.quick else 12))
     heldout = _prompts(ROOT / "prompts" / "demo_heldout.txt", args.heldout)
@@ -197,6 +230,9 @@ def main() -> None:
     print(comparison_table(rows))
     print("\n".join(target_check(rows)))
     print(f"table: {args.output_dir / 'search' / METHODS_FILE}\nplot: {args.output_dir / 'search' / PLOT_FILE}")
+    if args.ship:
+        for path in ship(rows, front, args.output_dir / "search", args.ship):
+            print(f"shipped {path}")
 
 
 if __name__ == "__main__":
