@@ -30,6 +30,7 @@ METHODS_FILE = "methods.parquet"
 PLOT_FILE = "speed_vs_quality.png"
 UNCACHED = "uncached"
 KINDS = ("uncached", "schedule", "searched", "peer")  # table / plot groups
+LABELLED = 16  # a kind with more points than this is plotted without names
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ def plot_comparison(rows: list[dict], path: Path, title: str) -> Path:
                 if mine:
                     color, marker = style[kind]
                     ax.scatter([r[xkey] for r in mine], [r[ykey] for r in mine], color=color, marker=marker, label=kind)
-                    for r in mine:
+                    for r in mine if len(mine) <= LABELLED else ():  # a big front: markers only
                         ax.annotate(r["method"][:22], (r[xkey], r[ykey]), fontsize=6, xytext=(3, 2),
                                     textcoords="offset points")
             ax.set_xlabel(xlabel)
