@@ -129,11 +129,15 @@ def target_check(rows: list[dict]) -> list[str]:
 def ship(rows: list[dict], front: list[dict], out: Path, folder: Path) -> list[Path]:
     """The schedules worth shipping, written to `folder` as `searched_macs_NNN.json` (NNN: counted
     MACs in % of uncached): per peer, the cheapest searched schedule at least as good on judge
-    accuracy and PSNR (held-out figures), and the cheapest one at the uncached judge accuracy."""
+    accuracy and PSNR (held-out figures), and the cheapest one at the uncached judge accuracy;
+    schedules the search evolved only (offspring or random genomes, not its seed baselines)."""
     from ecad_ray.caching import load_schedule
     from ecad_ray.caching.schedule import save_schedule
 
-    searched = {r["method"]: r for r in rows if r["kind"] == "searched"}
+    files = {r["name"]: r["file"] for r in front}
+    # a seed baseline that survived (FORA every 2, ...) is shipped already in schedules/demo/
+    searched = {r["method"]: r for r in rows if r["kind"] == "searched"
+                and load_schedule(out / files[r["method"]]).attributes.get("source") in ("offspring", "random")}
     uncached = next(r for r in rows if r["kind"] == "uncached")
     picks = set()
     for peer in (r for r in rows if r["kind"] == "peer"):
@@ -144,7 +148,6 @@ def ship(rows: list[dict], front: list[dict], out: Path, folder: Path) -> list[P
     at_uncached = [s for s in searched.values() if s["quality"] >= uncached["quality"]]
     if at_uncached:
         picks.add(min(at_uncached, key=lambda s: s["counted_macs_ratio"])["method"])
-    files = {r["name"]: r["file"] for r in front}
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name in sorted(picks, key=lambda n: searched[n]["counted_macs_ratio"]):
