@@ -41,12 +41,13 @@ def _prompts(path: Path, n: int) -> tuple[str, ...]:
     return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())[:n]
 
 
-def search(out: Path, prompts, population: int, generations: int, workers: int, fidelity: str = "") -> tuple[float, int]:
+def search(out: Path, prompts, population: int, generations: int, workers: int, fidelity: str = "",
+           init_population: Path | None = None) -> tuple[float, int]:
     """Run the search; (seconds spent scoring candidates, candidates scored)."""
     marks: list[tuple[float, int]] = []
     config = SearchConfig(model="demo", job=EvalJob(prompts, 1, batch_size=len(prompts)), output_dir=str(out),
                           objective="judge", fidelity=fidelity, generations=generations, nsga=NsgaSettings(population=population),
-                          num_workers=workers, resume=True)
+                          num_workers=workers, resume=True, init_population=str(init_population) if init_population else None)
     search_on_ray(config, lambda p: marks.append((time.perf_counter(), p.evaluated)))
     scored = [m for m in marks if m[1] > 0]
     if not scored:  # a finished search resumed: nothing left to score
@@ -209,6 +210,7 @@ def main() -> None:
     ap.add_argument("--heldout", type=int, default=16, help="held-out prompts the comparison runs on")
     ap.add_argument("--repeats", type=int, default=3, help="timings per method in the comparison (fastest kept)")
     ap.add_argument("--candidates", type=int, default=16, help="--workers-check: candidates timed per worker count")
+    ap.add_argument("--init-population", type=Path, help="seed folder for gen_000 (default: the baselines)")
     ap.add_argument("--ship", type=Path, help="write the schedules worth shipping there (schedules/demo/searched)")
     args = ap.parse_args()
     prompts = _prompts(ROOT / "prompts" / "demo.txt", args.prompts or (4 if args.quick else 12))
@@ -220,7 +222,7 @@ def main() -> None:
     population, generations = args.population or population, args.generations or generations
     started = time.perf_counter()
     seconds, count = search(args.output_dir / "search", prompts, population, generations, args.num_workers,
-                            args.fidelity)
+                            args.fidelity, args.init_population)
     print(f"search: population {population}, {generations} generations, {len(prompts)} prompts, "
           f"{args.num_workers} worker(s), fidelity objective {args.fidelity or 'none'}: {count} candidates scored "
           f"in {seconds:.1f} s ({count / seconds:.3f}/s); wall {time.perf_counter() - started:.1f} s")
