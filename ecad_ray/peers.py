@@ -5,17 +5,27 @@
     fbc:threshold=0.05                    diffusers FirstBlockCache: skip the other blocks when the
                                           first block's residual changed less than `threshold`
     faster:skip=2                         diffusers FasterCache (attention reuse + CFG branch reuse)
+    taylorseer:interval=5[,order=1,warmup=3]  diffusers TaylorSeerCache: attention outputs computed
+                                          every `interval` steps after `warmup`, Taylor-extrapolated
+                                          (to `order`) in between
+    mag:threshold=0.06[,max_skip=3,retention=0.2]  diffusers MagCache: skip all blocks while the
+                                          accumulated residual-magnitude error stays below
+                                          `threshold`; its per-step `mag_ratios` are calibrated
+                                          on an uncached run of the same job first
     cache-dit:F1B0,R0.12[,T1]             cache-dit's DBCache: first F / last B blocks always
                                           computed, the rest reused below residual threshold R;
                                           T1 adds its TaylorSeer calibrator of that order (optional extra)
 
 diffusers' hooks attach to any module tree (`apply_*`), not only to models with `CacheMixin`
 (PixArt has none), so they work on PixArt-α/Σ, the demo and FLUX. PAB needs to know the
-current timestep; a forward pre-hook on the transformer reads it from the call. Left out:
-MagCache (needs `mag_ratios` calibrated per model and step count) and TaylorSeerCache (with
-its default identifiers it changed no pixel of the demo: a peer that silently does nothing
-would flatter the table). A spec that does not
-parse, or names an unknown method or option, is one `UserError` line naming `--method`.
+current timestep; a forward pre-hook on the transformer reads it from the call.
+TaylorSeerCache's default module patterns (`^transformer_blocks.*attn`, matched with
+`re.fullmatch`) miss PixArt's `attn1` / `attn2`, so it would silently change nothing; it is
+given patterns that match every block's attention. MagCache needs `mag_ratios` per model and
+step count: `apply_method` runs diffusers' own calibration mode on the caller's `calibrate`
+run (the job's first batch, uncached) and reads the ratios from the log line diffusers writes.
+A spec that does not parse, or names an unknown method or option, is one `UserError` line
+naming `--method`.
 """
 
 from __future__ import annotations
@@ -30,6 +40,8 @@ METHODS = {
     "pab": {"skip": int, "cross": int, "range": "range"},
     "fbc": {"threshold": float},
     "faster": {"skip": int},
+    "taylorseer": {"interval": int, "order": int, "warmup": int},
+    "mag": {"threshold": float, "max_skip": int, "retention": float},
     "cache-dit": {},
 }
 _DBCACHE = re.compile(r"^F(\d+)B(\d+)(?:,R([0-9.]+))?(?:,T(\d+))?$")
@@ -84,8 +96,15 @@ def _value(text: str, key: str, value: str, kind):
     return number
 
 
-def apply_method(pipe, method: PeerMethod, steps: int) -> Callable[[], None]:
-    """Attach `method` to `pipe`'s transformer; returns the function that takes it off again."""
+# attention modules of every block, PixArt (attn1, attn2), FLUX (attn) and blocks.N.attn models
+_ATTENTION_MODULES = [r"(single_)?transformer_blocks\.\d+\.attn\d?", r"blocks\.\d+\.attn\d?"]
+
+
+def apply_method(pipe, method: PeerMethod, steps: int, calibrate: Callable[[], object] | None = None) -> Callable[[], None]:
+    """Attach `method` to `pipe`'s transformer; returns the function that takes it off again.
+
+    `calibrate` runs the pipeline once, uncached (MagCache measures its `mag_ratios` on it).
+    """
     if method.kind == "cache-dit":
         return _cache_dit(pipe, method, steps)
     from diffusers import hooks
@@ -103,6 +122,20 @@ def apply_method(pipe, method: PeerMethod, steps: int) -> Callable[[], None]:
             current_timestep_callback=clock)
         hooks.apply_pyramid_attention_broadcast(transformer, config)
         names = ["pyramid_attention_broadcast"]
+    elif method.kind == "taylorseer":
+        config = hooks.TaylorSeerCacheConfig(
+            cache_interval=o.get("interval", 5), max_order=o.get("order", 1),
+            disable_cache_before_step=o.get("warmup", 3), cache_identifiers=_ATTENTION_MODULES,
+            taylor_factors_dtype=transformer.dtype)
+        hooks.apply_taylorseer_cache(transformer, config)
+        names = ["taylorseer_cache"]
+    elif method.kind == "mag":
+        ratios = _mag_ratios(transformer, steps, calibrate, method, undo)
+        config = hooks.MagCacheConfig(threshold=o.get("threshold", 0.06), max_skip_steps=o.get("max_skip", 3),
+                                      retention_ratio=o.get("retention", 0.2), num_inference_steps=steps,
+                                      mag_ratios=ratios)
+        hooks.apply_mag_cache(transformer, config)
+        names = ["mag_cache_leader_block_hook", "mag_cache_block_hook"]
     elif method.kind == "fbc":
         hooks.apply_first_block_cache(transformer, hooks.FirstBlockCacheConfig(threshold=o.get("threshold", 0.05)))
         names = ["fbc_leader_block_hook", "fbc_block_hook"]
@@ -125,6 +158,51 @@ def apply_method(pipe, method: PeerMethod, steps: int) -> Callable[[], None]:
             fn()
 
     return remove
+
+
+def _mag_ratios(transformer, steps: int, calibrate, method: PeerMethod, undo: list) -> list[float]:
+    """MagCache's per-step ratios for this model and step count, by diffusers' calibration mode.
+
+    Calibration computes every block and, at the last step, logs `MagCache Calibration
+    Results: [...]` (and prints it); the log record is caught here, the print silenced.
+    """
+    import ast
+    import contextlib
+    import io
+    import logging
+
+    from diffusers import hooks
+
+    if calibrate is None:
+        raise UserError(f"--method {method.text}: MagCache needs an uncached calibration run, none was given")
+    log = logging.getLogger("diffusers.hooks.mag_cache")
+    found: list[str] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            text = record.getMessage()
+            if text.startswith("MagCache Calibration Results:"):
+                found.append(text.split(":", 1)[1])
+
+    handler, level, propagate = Catch(), log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    hooks.apply_mag_cache(transformer, hooks.MagCacheConfig(num_inference_steps=steps, calibrate=True))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            calibrate()
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+        log.propagate = propagate
+        registry = hooks.HookRegistry.check_if_exists_or_initialize(transformer)
+        for name in ("mag_cache_leader_block_hook", "mag_cache_block_hook"):
+            registry.remove_hook(name, recurse=True)
+    if not found:
+        raise UserError(f"--method {method.text}: MagCache's calibration run reported no ratios "
+                        f"(does the model's transformer have blocks MagCache can hook?)")
+    return [float(r) for r in ast.literal_eval(found[-1].strip())]
 
 
 def _timestep_clock(transformer, undo: list) -> Callable[[], int]:

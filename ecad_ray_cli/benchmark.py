@@ -1,9 +1,10 @@
-"""`ecad-ray benchmark`: one embeddings store × every schedule in a folder (ECAD's generate_images)."""
+"""`ecad-ray benchmark`: one embeddings store × every schedule in a folder (ECAD's generate_images);
+with `--method`, those schedules and the peers side by side in one table and one plot."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -21,8 +22,17 @@ from ecad_ray_cli.options import (
 
 def benchmark(
     input_embeddings: Annotated[Path, typer.Option(help="Embeddings store (from generate or embed) whose prompts to draw.")],
-    schedule_dir: Annotated[Path, typer.Option(help="Folder of ECAD schedule JSON files (searched recursively).")],
-    output_dir: Annotated[Path, typer.Option(help="Writes <output-dir>/<schedule-name>/ per schedule + results.parquet.")],
+    output_dir: Annotated[Path, typer.Option(help="Writes <output-dir>/<schedule-name>/ per schedule + results.parquet "
+                                                  "(with --method: methods.parquet + speed_vs_quality.png).")],
+    schedule_dir: Annotated[Optional[Path], typer.Option(help="Folder of ECAD schedule JSON files (searched recursively).")] = None,
+    method: Annotated[Optional[list[str]], typer.Option(
+        help="A peer to score beside the schedules, e.g. pab:skip=2, fbc:threshold=0.1, faster:skip=2, "
+             "taylorseer:interval=5, mag:threshold=0.06, cache-dit:F1B0,R0.12 (repeatable). Every method "
+             "then runs on the same prompts and seeds in the model workers and lands in one table: speed, "
+             "quality, fidelity to the uncached images, MACs (schedules).")] = None,
+    objective: Annotated[str, typer.Option(help="With --method: the quality column (judge, imagereward, clip, "
+                                                "psnr, ssim, lpips; see docs/search.md).")] = "judge",
+    repeats: Annotated[int, typer.Option(help="With --method: time each method this many times, keep the fastest.")] = 1,
     model: Annotated[str, typer.Option(help="The model the embeddings were made with.")] = "demo",
     num_images_per_prompt: NumImagesPerPrompt = 1,
     batch_size: BatchSize = 4,
@@ -37,7 +47,9 @@ def benchmark(
     dtype: Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Regenerate images that already exist.")] = False,
 ) -> None:
-    """Generate the same prompts and seeds under every schedule in --schedule-dir."""
+    """Generate the same prompts and seeds under every schedule in --schedule-dir (and --method peers)."""
+    if schedule_dir is None and not method:
+        raise typer.BadParameter("give --schedule-dir, --method, or both", param_hint="--schedule-dir")
     base = GenerateConfig(
         model=model,
         output_dir=str(output_dir),
@@ -55,7 +67,21 @@ def benchmark(
         dtype=dtype,
         overwrite=overwrite,
     )
-    run(base, str(schedule_dir))
+    if method:
+        run_methods(base, str(schedule_dir) if schedule_dir else None, list(method), objective, repeats)
+    else:
+        run(base, str(schedule_dir))
+
+
+def run_methods(base: GenerateConfig, schedule_dir: str | None, specs: list[str], objective: str, repeats: int) -> None:
+    """Every schedule and peer in one table (patched in CLI tests)."""
+    from actors.search import benchmark_methods
+    from ecad_ray.search.compare import METHODS_FILE, PLOT_FILE, comparison_table
+
+    rows = benchmark_methods(base, schedule_dir, specs, objective, repeats)
+    typer.echo(comparison_table(rows))
+    out = Path(base.output_dir)
+    typer.echo(f"table: {out / METHODS_FILE}\nplot: {out / PLOT_FILE}")
 
 
 def run(base: GenerateConfig, schedule_dir: str) -> None:

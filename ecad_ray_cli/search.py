@@ -24,6 +24,8 @@ def search(
     population: Annotated[int, typer.Option(help="Candidates per generation (ECAD: 72).")] = 72,
     generations: Annotated[int, typer.Option(help="Generations evolved after the seed generation gen_000.")] = 10,
     objective: Annotated[str, typer.Option(help="judge, imagereward, clip, psnr, ssim or lpips.")] = "judge",
+    fidelity: Annotated[str, typer.Option(help="psnr or ssim to the uncached images as a further objective "
+                                               "(the front then trades quality, fidelity and MACs).")] = "",
     init_population: Annotated[Optional[Path], typer.Option(help="ECAD population or schedule folder to seed gen_000 (default: baselines).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Denoising steps (default: the model's).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of NSGA-II and of the random genomes.")] = 0,
@@ -34,6 +36,9 @@ def search(
     address: Address = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     resume: Annotated[bool, typer.Option(help="Continue the search in --output-dir.")] = False,
+    method: Annotated[Optional[list[str]], typer.Option(
+        help="A peer to score the final front against on the same prompts and seeds, e.g. pab:skip=2 "
+             "(repeatable; see `ecad-ray benchmark --method`): methods.parquet + speed_vs_quality.png.")] = None,
 ) -> None:
     """Search schedules; every generation lands in --output-dir in ECAD's layout, front/ holds the best."""
     if ctx.invoked_subcommand is not None:
@@ -48,14 +53,14 @@ def search(
                           str(input_embeddings) if input_embeddings else None)
     job = EvalJob(prompts, num_images_per_prompt, start_seed, 1, "", str(input_embeddings or ""), batch_size)
     config = SearchConfig(model=model, job=job, output_dir=str(output_dir), objective=objective,
-                          generations=generations, nsga=NsgaSettings(population=population, seed=seed),
+                          fidelity=fidelity, generations=generations, nsga=NsgaSettings(population=population, seed=seed),
                           init_population=str(init_population) if init_population else None, steps=steps,
                           resume=resume, num_workers=num_workers, threads_per_worker=threads_per_worker,
                           address=address, device=device)
-    run(config)
+    run(config, list(method or []))
 
 
-def run(config) -> None:
+def run(config, methods: list[str] = ()) -> None:
     """The search with a progress bar, then the front (patched in CLI tests)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -76,12 +81,19 @@ def run(config) -> None:
                        front=f"front {len(p.front)}: best quality {best:.3f}, fewest MACs {fastest:.3f}x")
 
         try:
-            front = search_on_ray(config, progress)
+            front = search_on_ray(config, progress, methods)
         except KeyboardInterrupt:
             bar.stop()
             console.print(f"interrupted; continue with the same command plus --resume ({config.output_dir})")
             raise typer.Exit(130) from None
     print_front(config.output_dir, front)
+    if methods:
+        from ecad_ray.search.compare import METHODS_FILE, PLOT_FILE, comparison_table
+        import pyarrow.parquet as pq
+
+        out = Path(config.output_dir)
+        typer.echo(comparison_table(pq.read_table(out / METHODS_FILE).to_pylist()))
+        typer.echo(f"table: {out / METHODS_FILE}\nplot: {out / PLOT_FILE}")
 
 
 def print_front(output_dir, front: list[dict]) -> None:

@@ -138,3 +138,46 @@ def schedule_mac_report(schedule: Schedule, spec: TransformerSpec, cfg: bool = T
 def schedule_macs(schedule: Schedule, spec: TransformerSpec, cfg: bool = True, convention: str = MODEL) -> int:
     """Total MACs of `schedule` on `spec`; with `convention="ecad"`, ECAD's `metrics.total_macs`."""
     return schedule_mac_report(schedule, spec, cfg, convention=convention).total
+
+
+class LinearMacCounter:
+    """MACs of every `nn.Linear` (and patch-embedding `nn.Conv2d`) call under a module while
+    active, counted by forward hooks: what a run really computed, whatever skipped the rest.
+
+    The analytic count above is defined for ECAD schedules only; a peer (diffusers' caches,
+    cache-dit) decides at run time what to skip, so its cost can only be counted. Counting the
+    same layers for every method puts schedules and peers on one cost axis that, unlike
+    seconds on a shared machine, does not depend on the load. For a schedule the counted ratio
+    matches `schedule_mac_report(...).ratio` (tests/search/test_search_ray.py).
+
+        with LinearMacCounter(pipe.transformer) as counter:
+            pipe(...)
+        counter.macs
+    """
+
+    def __init__(self, module):
+        self.module = module
+        self.macs = 0
+        self._handles: list = []
+
+    def _count(self, layer, args, output) -> None:
+        import torch
+
+        if isinstance(layer, torch.nn.Linear):
+            self.macs += output.numel() * layer.in_features
+        else:  # Conv2d: every output element is one dot product over in_channels x kernel
+            self.macs += output.numel() * (layer.in_channels // layer.groups) * layer.kernel_size[0] * layer.kernel_size[1]
+
+    def __enter__(self) -> "LinearMacCounter":
+        import torch
+
+        self.macs = 0
+        for layer in self.module.modules():
+            if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
+                self._handles.append(layer.register_forward_hook(self._count))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []

@@ -2,7 +2,8 @@
 
 ECAD's set-up: population 72, 4-point crossover with probability 0.9, bit-flip mutation
 (0.05 per bit is ECAD's `prob`; pymoo scales it per variable), two objectives minimised
-(1 − quality, MACs) and one inequality constraint: at least one bit differs from the
+(1 − quality, MACs; a third, fidelity to the uncached images, with `--fidelity`: the number of
+objectives is the number of columns of `F`) and one inequality constraint: at least one bit differs from the
 all-recompute schedule (`G = 1 − reused bits ≤ 0`). No termination: the driver asks and tells
 one generation at a time, so it can write each one and stop or resume between any two.
 
@@ -39,10 +40,10 @@ def constraint(genomes: np.ndarray) -> np.ndarray:
     return (1.0 - (~np.asarray(genomes, dtype=bool)).sum(axis=1, keepdims=True)).astype(float)
 
 
-def _problem(n_var: int):
+def _problem(n_var: int, n_obj: int):
     from pymoo.core.problem import Problem
 
-    return Problem(n_var=n_var, n_obj=2, n_ieq_constr=1, xl=0, xu=1, vtype=bool)
+    return Problem(n_var=n_var, n_obj=n_obj, n_ieq_constr=1, xl=0, xu=1, vtype=bool)
 
 
 def _algorithm(settings: NsgaSettings, seeds):
@@ -70,7 +71,7 @@ class Search:
 
         pop = Population.new(X=np.asarray(genomes, dtype=bool), F=np.asarray(F, dtype=float), G=constraint(genomes))
         self.algorithm = _algorithm(self.settings, pop)
-        self.algorithm.setup(_problem(self.n_var), termination=NoTermination(), seed=self.settings.seed)
+        self.algorithm.setup(_problem(self.n_var, pop.get("F").shape[1]), termination=NoTermination(), seed=self.settings.seed)
         first = self.algorithm.ask()  # the seeds themselves, already scored: nothing is drawn
         self.algorithm.tell(infills=first)
 

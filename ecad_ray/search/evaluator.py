@@ -1,8 +1,9 @@
 """Score caching schedules on one loaded model: the work of one search worker.
 
 The model loads once (`ImageGenerator`, uncached); each candidate's schedule is applied with
-`apply_schedule`, the search's images are generated, the hooks come off again, and the images
-are scored (`QualityScorer`). The prompts are embedded once, here, or read from an embeddings
+`apply_schedule` (a peer, `ecad_ray.peers.PeerMethod`, with `apply_method`: the comparison
+table scores both the same way), the search's images are generated, the hooks come off again,
+and the images are scored (`QualityScorer`). The prompts are embedded once, here, or read from an embeddings
 store. Image i of prompt p always has seed `start_seed + i * seed_step` (each image its own
 generator), so every candidate and the uncached reference draw the same noise.
 """
@@ -44,7 +45,7 @@ class CandidateEvaluator:
 
     def __init__(self, model_spec: ModelSpec, settings: ImageSettings, job: EvalJob, objective: str,
                  reference: np.ndarray | None = None, device: str = "auto", dtype: str = "auto",
-                 lpips_random_backbone: bool = False):
+                 lpips_random_backbone: bool = False, with_lpips: bool = False):
         from ecad_ray.engine import ImageGenerator
         from ecad_ray.search.objectives import QualityScorer
 
@@ -52,34 +53,56 @@ class CandidateEvaluator:
         self.reference = reference
         self.generator = ImageGenerator(model_spec, settings, device, dtype)
         self.embeddings = _embeddings(model_spec, job, device, dtype)
-        self.scorer = QualityScorer(objective, str(self.generator.device), lpips_random_backbone)
+        self.scorer = QualityScorer(objective, str(self.generator.device), lpips_random_backbone, with_lpips)
 
-    def images(self, schedule=None) -> tuple[np.ndarray, float]:
-        """Every image of the job under `schedule` (None: uncached) and seconds per image."""
-        import torch
-
-        from ecad_ray.caching import apply_schedule
+    def images(self, setting=None) -> tuple[np.ndarray, float]:
+        """Every image of the job under `setting` (a Schedule, a PeerMethod, None: uncached) and
+        seconds per image (attaching the hooks, and a peer's calibration, not counted)."""
+        from ecad_ray.caching.macs import LinearMacCounter
 
         rows = self.job.rows()
-        handle = apply_schedule(self.generator.pipe, schedule) if schedule is not None else None
+        remove = self._attach(setting)
         start = time.perf_counter()
         try:
-            parts = []
-            for at in range(0, len(rows), self.job.batch_size):
-                chunk = rows[at:at + self.job.batch_size]
-                index = torch.tensor([p for p, _ in chunk])
-                embeddings = {k: v[index] for k, v in self.embeddings.items()}
-                parts.append(self.generator(embeddings, [s for _, s in chunk]))
+            with LinearMacCounter(self.generator.pipe.transformer) as counter:
+                images = self._generate(rows)
         finally:
-            if handle is not None:
-                handle.remove()
-        return np.concatenate(parts), (time.perf_counter() - start) / len(rows)
+            remove()
+        self.counted_macs = counter.macs / len(rows)  # per image: what `evaluate` reports
+        return images, (time.perf_counter() - start) / len(rows)
 
-    def evaluate(self, schedule) -> dict[str, float]:
+    def _generate(self, rows: list[tuple[int, int]]) -> np.ndarray:
+        import torch
+
+        parts = []
+        for at in range(0, len(rows), self.job.batch_size):
+            chunk = rows[at:at + self.job.batch_size]
+            index = torch.tensor([p for p, _ in chunk])
+            embeddings = {k: v[index] for k, v in self.embeddings.items()}
+            parts.append(self.generator(embeddings, [s for _, s in chunk]))
+        return np.concatenate(parts)
+
+    def _attach(self, setting):
+        """Put `setting`'s hooks on the pipeline; returns what takes them off."""
+        from ecad_ray.caching.schedule import Schedule
+        from ecad_ray.peers import PeerMethod, apply_method
+
+        if isinstance(setting, Schedule):
+            from ecad_ray.caching import apply_schedule
+
+            return apply_schedule(self.generator.pipe, setting).remove
+        if isinstance(setting, PeerMethod):  # MagCache calibrates on the job's first batch, uncached
+            first = self.job.rows()[:self.job.batch_size]
+            return apply_method(self.generator.pipe, setting, self.generator.settings.steps,
+                                calibrate=lambda: self._generate(first))
+        return lambda: None
+
+    def evaluate(self, setting) -> dict[str, float]:
         """The candidate's scores (`quality`, `loss`, fidelity) and its `seconds_per_image`."""
-        images, seconds = self.images(schedule)
+        images, seconds = self.images(setting)
         scores = self.scorer(images, self.job.captions(), self.reference)
         scores["seconds_per_image"] = seconds
+        scores["counted_macs"] = self.counted_macs
         return scores
 
 

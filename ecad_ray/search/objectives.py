@@ -15,6 +15,11 @@ show) and `loss` (what NSGA-II minimises as its first objective; ECAD's is 1 −
 
 PSNR and SSIM to the uncached images are computed for every objective (cheap), so each
 candidate's file says how far it strays from the uncached model whatever it was selected on.
+
+`--fidelity psnr|ssim` makes that a second minimised quality objective (NSGA-II then has three:
+`loss`, the fidelity loss, MACs): a judge-only search drifts to schedules the judge still
+reads right but that look unlike the uncached images (PSNR ~26 dB where the peers keep
+30-50), and a fidelity-only one does not ask whether the images still follow their prompts.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import numpy as np
 from ecad_ray.errors import UserError
 
 OBJECTIVES = ("judge", "imagereward", "clip", "psnr", "ssim", "lpips")
+FIDELITY = ("psnr", "ssim")  # what --fidelity may add as an objective (computed for every candidate)
 PSNR_CAP = 100.0  # dB: identical images score this instead of infinity
 
 
@@ -36,12 +42,38 @@ def check_objective(name: str) -> str:
     return name
 
 
+def check_fidelity(name: str, objective: str) -> str:
+    """'' (no fidelity objective) or one of `FIDELITY`, different from the quality objective."""
+    if name and name not in FIDELITY:
+        raise UserError(f"--fidelity {name}: use one of {', '.join(FIDELITY)} (or leave it out)")
+    if name and name == objective:
+        raise UserError(f"--fidelity {name}: already the --objective; pick another one or leave it out")
+    return name
+
+
+def objective_values(scores: dict, fidelity: str = "") -> list[float]:
+    """What NSGA-II minimises for one scored candidate: [loss, (fidelity loss,) MAC ratio]."""
+    values = [scores["loss"]]
+    if fidelity == "psnr":
+        values.append(-scores["psnr"])
+    elif fidelity == "ssim":
+        values.append(1.0 - scores["ssim"])
+    return values + [scores["macs_ratio"]]
+
+
 class QualityScorer:
     """Scores one candidate's images; built once per worker (model-based scorers load here)."""
 
-    def __init__(self, objective: str, device: str = "cpu", lpips_random_backbone: bool = False):
+    def __init__(self, objective: str, device: str = "cpu", lpips_random_backbone: bool = False,
+                 with_lpips: bool = False):
+        """`with_lpips`: also report LPIPS to the uncached images (the comparison table does)."""
         self.objective = check_objective(objective)
         self._model = None
+        self._lpips = None
+        if with_lpips and objective != "lpips":
+            from ecad_ray.metrics.pairwise import LpipsScorer
+
+            self._lpips = LpipsScorer(device=device, random_backbone=lpips_random_backbone)
         if objective == "judge":
             from ecad_ray.judge import load_judge
 
@@ -64,6 +96,8 @@ class QualityScorer:
         out: dict[str, float] = {}
         if reference is not None:
             out.update(fidelity(images, reference))
+            if self._lpips is not None:
+                out["lpips"] = float(np.mean(self._lpips(images, reference)))
         name = self.objective
         if name == "judge":
             from ecad_ray.judge import score

@@ -31,7 +31,7 @@ from ecad_ray.errors import UserError
 from ecad_ray.search.algorithm import NsgaSettings, Search, pareto_front
 from ecad_ray.search.evaluator import EvalJob
 from ecad_ray.search.genome import GenomeLayout, genome_key
-from ecad_ray.search.objectives import check_objective
+from ecad_ray.search.objectives import check_fidelity, check_objective, objective_values
 from ecad_ray.search.population import (
     baseline_population,
     candidate_path,
@@ -58,10 +58,12 @@ class SearchConfig:
     job: EvalJob
     output_dir: str
     objective: str = "judge"
+    fidelity: str = ""  # '' or psnr / ssim: fidelity to the uncached images as one more objective
     generations: int = 10  # evolved after the seed generation gen_000
     nsga: NsgaSettings = field(default_factory=NsgaSettings)
     init_population: str | None = None  # an ECAD population / schedule folder; None: baselines
     steps: int | None = None  # denoising steps (None: the model's)
+    guidance_scale: float | None = None  # None: the model's
     resume: bool = False
     num_workers: int = 1
     threads_per_worker: int = 1
@@ -72,8 +74,11 @@ class SearchConfig:
 
     def identity(self) -> dict:
         """What a resumed search must share with the one on disk."""
-        return {"model": self.model, "objective": self.objective, "steps": self.steps,
-                "job": dataclasses.asdict(self.job), "nsga": dataclasses.asdict(self.nsga)}
+        identity = {"model": self.model, "objective": self.objective, "steps": self.steps,
+                    "job": dataclasses.asdict(self.job), "nsga": dataclasses.asdict(self.nsga)}
+        if self.fidelity:  # only when set: searches saved before --fidelity existed still resume
+            identity["fidelity"] = self.fidelity
+        return identity
 
 
 class Evaluator(Protocol):
@@ -111,7 +116,8 @@ def worker_args(config: SearchConfig) -> dict:
     model_spec = resolve_model(config.model)
     layout = search_layout(config)
     settings = ImageSettings(model=model_spec.name, height=layout.spec.height, width=layout.spec.width,
-                             steps=layout.steps, guidance_scale=model_spec.guidance_scale,
+                             steps=layout.steps,
+                             guidance_scale=model_spec.guidance_scale if config.guidance_scale is None else config.guidance_scale,
                              negative_prompt=config.job.negative_prompt, schedule="search")
     return dict(model_spec=model_spec, settings=settings, job=config.job, objective=config.objective,
                 device=config.device, dtype=config.dtype, lpips_random_backbone=config.lpips_random_backbone)
@@ -148,6 +154,7 @@ class InProcessEvaluator:
 def run_search(config: SearchConfig, evaluator: Evaluator, progress: Callable[[Progress], None] | None = None) -> list[dict]:
     """Run (or resume) the search in `config.output_dir`; returns the final front (see `front_rows`)."""
     check_objective(config.objective)
+    check_fidelity(config.fidelity, config.objective)
     out = Path(config.output_dir)
     layout = search_layout(config)
     _start_folder(out, config)
@@ -287,7 +294,7 @@ class _Loop:
                 self._write(gen, i, schedules[i], scores)
                 done += 1
             self._report(gen, done, n)
-        return np.array([[self.archive[k]["loss"], self.archive[k]["macs_ratio"]] for k in keys])
+        return np.array([objective_values(self.archive[k], self.config.fidelity) for k in keys])
 
     def _write(self, gen: int, index: int, schedule: Schedule, scores: dict) -> None:
         report = schedule_mac_report(schedule, self.layout.spec)
@@ -320,12 +327,13 @@ def scored_candidates(out: Path) -> list[tuple[Path, Schedule, dict]]:
 
 
 def front_rows(out: str | Path) -> list[dict]:
-    """The Pareto front (loss, MAC ratio) of every feasible candidate scored so far, fastest first."""
+    """The Pareto front (loss, [fidelity loss,] MAC ratio) of every feasible candidate scored so far, fastest first."""
     out = Path(out)
     rows = scored_candidates(out)
     if not rows:
         return []
-    F = np.array([[s["loss"], s["macs_ratio"]] for _, _, s in rows])
+    fidelity = json.loads((out / SEARCH_FILE).read_text()).get("fidelity", "") if (out / SEARCH_FILE).is_file() else ""
+    F = np.array([objective_values(s, fidelity) for _, _, s in rows])
     feasible = np.array([s["macs_ratio"] < 1.0 or not _all_recompute(sch) for _, sch, s in rows])
     picked = pareto_front(F, feasible)
     front = [{"file": str(rows[i][0].relative_to(out)), "name": rows[i][1].name, **rows[i][2]} for i in picked]

@@ -237,12 +237,14 @@ def test_tgate_without_cfg_keeps_the_batch(pixart):
     torch.testing.assert_close(hooked, expected, rtol=1e-5, atol=1e-6)
 
 
-DEMO_SCHEDULES = sorted((Path(__file__).resolve().parents[2] / "schedules" / "demo").glob("*.json"))
+DEMO_DIR = Path(__file__).resolve().parents[2] / "schedules" / "demo"
+DEMO_SCHEDULES = sorted(DEMO_DIR.glob("*.json")) + sorted((DEMO_DIR / "searched").glob("*.json"))  # + the search's
 
 
 def test_the_demo_baselines_are_shipped():
     names = {p.stem for p in DEMO_SCHEDULES}
     assert {"default", "recompute_all_every_002", "recompute_all_every_003"} <= names and len(names) >= 5
+    assert len([p for p in DEMO_SCHEDULES if p.parent.name == "searched"]) >= 2  # benchmarks/schedule_search.py --ship
 
 
 @pytest.mark.parametrize("path", DEMO_SCHEDULES, ids=lambda p: p.stem)
