@@ -24,7 +24,7 @@ from actors.plan import ray_session, reported_failures
 from actors.stage import Stage
 from ecad_ray.caching.schedule import Schedule, load_schedule, schedule_from_json
 from ecad_ray.peers import PeerMethod, parse_method
-from ecad_ray.search.run import Progress, SearchConfig, run_search, worker_args
+from ecad_ray.search.run import SearchConfig, run_search, worker_args
 
 
 class _Worker(Stage):

@@ -10,7 +10,6 @@ the count incomplete, so it fails the test instead of being ignored.
 """
 
 import pytest
-import torch
 
 import ecad_ray  # noqa: F401
 from ecad_ray.var.checkpoints import build_models
