@@ -124,7 +124,69 @@ class GenerationResult:
         return sum(r.seconds for r in self.records)
 
 
-class VarPipeline:
+class ScaleLoop:
+    """The scale-by-scale loop both VAR-family pipelines share (`VarPipeline`, Infinity's):
+    a subclass sets `patch_nums` and provides `start`, `_run_scale` (one scale, not skipped) and
+    `decode`; stepping, skipping, finishing and the one-shot `generate` are the same for both."""
+
+    patch_nums: tuple[int, ...]
+
+    def scale_state(self, state) -> ScaleState:
+        """The controller's view of a batch before its next scale."""
+        return ScaleState(state.scale_index, len(self.patch_nums), self.patch_nums,
+                          [r.ratio for r in state.records], state.f_hat_BChw)
+
+    def done(self, state) -> bool:
+        """True once every scale has run or been skipped."""
+        return state.scale_index >= len(self.patch_nums)
+
+    @torch.inference_mode()
+    def step(self, state, ratio: float = 0.0) -> ScaleRecord:
+        """Run (or skip, ratio >= 1) the next scale; updates `state` in place."""
+        if self.done(state):
+            raise RuntimeError("all scales already generated; call finish()")
+        if ratio < 0:
+            raise ValueError(f"pruning ratio must be >= 0, got {ratio}")
+        si = state.scale_index
+        pn = self.patch_nums[si]
+        t0 = time.perf_counter()
+        if ratio >= 1:
+            record = ScaleRecord(si, pn, float(ratio), True, 0.0)
+        else:
+            record = self._run_scale(state, si, float(ratio))
+            record.seconds = time.perf_counter() - t0
+        state.records.append(record)
+        state.scale_index += 1
+        return record
+
+    @torch.inference_mode()
+    def finish(self, state, controller: str = "step-wise") -> GenerationResult:
+        """Decode the summed latent (and kept intermediates) to images in [0, 1]."""
+        if not self.done(state):
+            raise RuntimeError(f"only {state.scale_index} of {len(self.patch_nums)} scales generated")
+        t0 = time.perf_counter()
+        images = self.decode(state.f_hat_BChw)
+        decode_seconds = time.perf_counter() - t0
+        result = GenerationResult(images, state.records, controller, decode_seconds)
+        for r in state.records:
+            if r.summed_BChw is not None:
+                result.summed_images[r.scale_index] = self.decode(r.summed_BChw)
+                result.rescale_images[r.scale_index] = self.decode(r.residual_BChw)
+        return result
+
+    @torch.inference_mode()
+    def generate(self, cond, seeds: list[int] | int, controller: Controller | None = None,
+                 keep_intermediates: bool = False) -> GenerationResult:
+        """All scales in one call; each scale's ratio comes from `controller` (default: none)."""
+        controller = controller or NoPruning()
+        state = self.start(cond, seeds, keep_intermediates)
+        while not self.done(state):
+            ratio = controller.ratio(state.scale_index, len(self.patch_nums), self.scale_state(state))
+            self.step(state, ratio)
+        return self.finish(state, describe(controller))
+
+
+class VarPipeline(ScaleLoop):
     """A tokenizer + transformer pair that generates images scale by scale."""
 
     def __init__(self, config: VarModelConfig, vqvae: VQVAE, var: VAR, sampling: SamplingConfig | None = None,
@@ -220,34 +282,6 @@ class VarPipeline:
             keep_intermediates=keep_intermediates,
         )
 
-    def scale_state(self, state: GenerationState) -> ScaleState:
-        """The controller's view of a batch before its next scale."""
-        return ScaleState(state.scale_index, len(self.patch_nums), self.patch_nums,
-                          [r.ratio for r in state.records], state.f_hat_BChw)
-
-    def done(self, state: GenerationState) -> bool:
-        """True once every scale has run or been skipped."""
-        return state.scale_index >= len(self.patch_nums)
-
-    @torch.inference_mode()
-    def step(self, state: GenerationState, ratio: float = 0.0) -> ScaleRecord:
-        """Run (or skip, ratio >= 1) the next scale; updates `state` in place."""
-        if self.done(state):
-            raise RuntimeError("all scales already generated; call finish()")
-        if ratio < 0:
-            raise ValueError(f"pruning ratio must be >= 0, got {ratio}")
-        si = state.scale_index
-        pn = self.patch_nums[si]
-        t0 = time.perf_counter()
-        if ratio >= 1:
-            record = ScaleRecord(si, pn, float(ratio), True, 0.0)
-        else:
-            record = self._run_scale(state, si, float(ratio))
-            record.seconds = time.perf_counter() - t0
-        state.records.append(record)
-        state.scale_index += 1
-        return record
-
     def _run_scale(self, state: GenerationState, si: int, ratio: float) -> ScaleRecord:
         B = state.batch_size
         pn = self.patch_nums[si]
@@ -271,33 +305,6 @@ class VarPipeline:
             record.unscaled_BChw = quant.embedding(idx_Bl).transpose(1, 2).reshape(B, -1, pn, pn)
         return record
 
-    @torch.inference_mode()
-    def finish(self, state: GenerationState, controller: str = "step-wise") -> GenerationResult:
-        """Decode the summed latent (and kept intermediates) to images in [0, 1]."""
-        if not self.done(state):
-            raise RuntimeError(f"only {state.scale_index} of {len(self.patch_nums)} scales generated")
-        t0 = time.perf_counter()
-        images = self.decode(state.f_hat_BChw)
-        decode_seconds = time.perf_counter() - t0
-        result = GenerationResult(images, state.records, controller, decode_seconds)
-        for r in state.records:
-            if r.summed_BChw is not None:
-                result.summed_images[r.scale_index] = self.decode(r.summed_BChw)
-                result.rescale_images[r.scale_index] = self.decode(r.residual_BChw)
-        return result
-
     def decode(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
         """Latent -> image in [0, 1]."""
         return (self.vqvae.fhat_to_img(f_hat_BChw) + 1) / 2
-
-    # ---- one-shot -----------------------------------------------------------------------
-    @torch.inference_mode()
-    def generate(self, cond: torch.Tensor, seeds: list[int] | int, controller: Controller | None = None,
-                 keep_intermediates: bool = False) -> GenerationResult:
-        """All scales in one call; each scale's ratio comes from `controller` (default: none)."""
-        controller = controller or NoPruning()
-        state = self.start(cond, seeds, keep_intermediates)
-        while not self.done(state):
-            ratio = controller.ratio(state.scale_index, len(self.patch_nums), self.scale_state(state))
-            self.step(state, ratio)
-        return self.finish(state, describe(controller))

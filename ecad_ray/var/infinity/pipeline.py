@@ -7,19 +7,18 @@ top-k / top-p sampler and random stream as Infinity's); CFG is applied on the lo
 same weight at every scale after dividing them by `tau`, and with `cfg == 1` no null rows are
 run (as theirs); the next scale's input is the summed codes resized trilinearly. Pruning
 ratios, skipped scales, controllers, records and results are the VAR family's own types, so
-intermediates, spectra and evaluation read an Infinity run as any VAR run.
+intermediates, spectra and evaluation read an Infinity run as any VAR run; the loop itself
+(step, skip, finish, one-shot generate) is `ScaleLoop`'s, shared with `VarPipeline`.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
-from ecad_ray.var.controllers import Controller, NoPruning, describe
-from ecad_ray.var.generation import GenerationResult, GenerationState, ScaleRecord, ScaleState
+from ecad_ray.var.generation import GenerationState, ScaleLoop, ScaleRecord
 from ecad_ray.var.infinity.bsq_vae import BSQVAE, MultiScaleBSQ
 from ecad_ray.var.infinity.config import InfinityModelConfig, InfinitySampling
 from ecad_ray.var.infinity.flops import NOMINAL_TEXT_TOKENS, infinity_flops
@@ -57,7 +56,7 @@ class InfinityState(GenerationState):
         return torch.stack(rows)
 
 
-class InfinityPipeline:
+class InfinityPipeline(ScaleLoop):
     """Bitwise tokenizer + Infinity transformer, generating scale by scale."""
 
     family = "infinity"
@@ -139,33 +138,6 @@ class InfinityPipeline:
             kvs=[LayerKV() for _ in range(self.depth)], pruning=ScalePruning(0.0, *self.layer_range),
             keep_intermediates=keep_intermediates, ctx=ctx, text_lens=list(cond.lens))
 
-    def scale_state(self, state: InfinityState) -> ScaleState:
-        """The controller's view of a batch before its next scale."""
-        return ScaleState(state.scale_index, len(self.patch_nums), self.patch_nums,
-                          [r.ratio for r in state.records], state.f_hat_BChw)
-
-    def done(self, state: InfinityState) -> bool:
-        """True once every scale has run or been skipped."""
-        return state.scale_index >= len(self.patch_nums)
-
-    @torch.inference_mode()
-    def step(self, state: InfinityState, ratio: float = 0.0) -> ScaleRecord:
-        """Run (or skip, ratio >= 1) the next scale; updates `state` in place."""
-        if self.done(state):
-            raise RuntimeError("all scales already generated; call finish()")
-        if ratio < 0:
-            raise ValueError(f"pruning ratio must be >= 0, got {ratio}")
-        si = state.scale_index
-        t0 = time.perf_counter()
-        if ratio >= 1:
-            record = ScaleRecord(si, self.patch_nums[si], float(ratio), True, 0.0)
-        else:
-            record = self._run_scale(state, si, float(ratio))
-            record.seconds = time.perf_counter() - t0
-        state.records.append(record)
-        state.scale_index += 1
-        return record
-
     def scale_input(self, state: InfinityState, si: int) -> torch.Tensor:
         """Embedded input of scale `si` (rows, w², C): the start token at scale 0, else the summed
         codes resized (trilinear) to the scale's width (a skipped scale adds nothing to them)."""
@@ -199,30 +171,6 @@ class InfinityPipeline:
             record.unscaled_BChw = codes
         return record
 
-    @torch.inference_mode()
-    def finish(self, state: InfinityState, controller: str = "step-wise") -> GenerationResult:
-        """Decode the summed codes (and kept intermediates) to images in [0, 1]."""
-        if not self.done(state):
-            raise RuntimeError(f"only {state.scale_index} of {len(self.patch_nums)} scales generated")
-        t0 = time.perf_counter()
-        images = self.decode(state.f_hat_BChw)
-        result = GenerationResult(images, state.records, controller, time.perf_counter() - t0)
-        for r in state.records:
-            if r.summed_BChw is not None:
-                result.summed_images[r.scale_index] = self.decode(r.summed_BChw)
-                result.rescale_images[r.scale_index] = self.decode(r.residual_BChw)
-        return result
-
     def decode(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
         """Summed codes -> image in [0, 1]."""
         return (self.vae.decode(f_hat_BChw) + 1) / 2
-
-    @torch.inference_mode()
-    def generate(self, cond: TextStates, seeds: list[int] | int, controller: Controller | None = None,
-                 keep_intermediates: bool = False) -> GenerationResult:
-        """All scales in one call; each scale's ratio comes from `controller` (default: none)."""
-        controller = controller or NoPruning()
-        state = self.start(cond, seeds, keep_intermediates)
-        while not self.done(state):
-            self.step(state, controller.ratio(state.scale_index, len(self.patch_nums), self.scale_state(state)))
-        return self.finish(state, describe(controller))
