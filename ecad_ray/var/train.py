@@ -6,7 +6,8 @@ Two recipes, one loop:
   encoder the config names (the demo DiT's T5);
 - `demo-var-digits` (class-conditional): scikit-learn's bundled 8x8 digits (1,797 images,
   no download) upscaled to 16x16 RGB, labels 0-9.
-Stage 1 fits the multi-scale residual VQ tokenizer (reconstruction MSE + VQ loss); stage 2
+Stage 1 fits the multi-scale residual VQ tokenizer (reconstruction MSE + VQ loss, re-seeding
+codes that fall out of use from the residuals being quantised); stage 2
 encodes every image to its token maps once and fits the transformer with teacher forcing
 (cross-entropy over all scales; 10% of conditions dropped to the null condition so CFG works).
 """
@@ -46,12 +47,16 @@ class TrainConfig:
     num_images: int = 0  # use only the first N images (0 = the whole set); for quick checks
     data: str = "digits"  # "digits" (class labels) or "shapes" (captions through the text encoder)
     shapes_images: int = 20_000  # rendered shapes images (train-split captions)
+    vq_restart_every: int = 0  # re-seed dead codes every N tokenizer updates (0 = never)
+    vq_min_hits: float = 0.5  # a code hit fewer times per update (all scales) counts as dead
 
 
 RECIPES = {  # per shipped model: the settings its weights were trained with
     "demo-var-digits": TrainConfig(),
-    "demo-var": TrainConfig(data="shapes", vq_steps=1200, var_steps=2000, batch_size=64, vq_lr=2e-3,
-                            var_lr=1.5e-3, warmup=100, threads=2),
+    # re-seeding dead codes every 20 updates took the tokenizer from 30 to ~500 live codes of 512
+    # and its judge ceiling on shapes from 0.77 to 0.92; batch 32 keeps both stages in ~45 min
+    "demo-var": TrainConfig(data="shapes", vq_steps=800, var_steps=2400, batch_size=32, vq_lr=2e-3,
+                            var_lr=1.5e-3, warmup=100, threads=2, vq_restart_every=20),
 }
 
 
@@ -114,8 +119,13 @@ def train_vqvae(vqvae: VQVAE, images: torch.Tensor, tc: TrainConfig, log: Callab
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        restarted = 0
+        if tc.vq_restart_every and step % tc.vq_restart_every == 0 and step < 0.8 * tc.vq_steps:
+            restarted = vqvae.quantize.restart_dead_codes(tc.vq_min_hits, g)  # step 0: data-dependent init
         if step % 50 == 0 or step == tc.vq_steps - 1:
-            log(f"vq step {step:4d} rec_mse {rec_loss.item():.4f} vq {vq_loss.item():.4f}")
+            used = int((vqvae.quantize.ema_vocab_hit_SV.sum(0) >= tc.vq_min_hits).sum())
+            log(f"vq step {step:4d} rec_mse {rec_loss.item():.4f} vq {vq_loss.item():.4f} "
+                f"codes live {used}/{vqvae.quantize.vocab_size} re-seeded {restarted}")
     vqvae.eval()
     with torch.no_grad():
         mse = sum(F.mse_loss(vqvae.fhat_to_img(_fhat(vqvae, images[i:i + 256])), images[i:i + 256], reduction="sum").item()

@@ -214,9 +214,11 @@ class MultiScaleQuantizer(nn.Module):
         self.patch_nums = tuple(patch_nums)
         self.embedding = nn.Embedding(cfg.vocab_size, cfg.z_channels)
         self.quant_resi = PhiPartiallyShared([Phi(cfg.z_channels, cfg.quant_resi) for _ in range(cfg.share_quant_resi)])
-        # codebook usage per scale, kept by FoundationVision's tokenizer training; unused here but
-        # saved so the state dict has their layout (a file with another scale count loads too)
+        # codebook usage per scale (moving average of hits per training step), FoundationVision's
+        # buffer: training reads it to re-seed dead codes (`restart_dead_codes`); saved so the
+        # state dict has their layout (a file with another scale count loads too)
         self.register_buffer("ema_vocab_hit_SV", torch.zeros(len(self.patch_nums), cfg.vocab_size))
+        self.recent_residuals: torch.Tensor | None = None  # training only: last pass's residual rows
 
     def phi(self, scale_index: int) -> Phi:
         """Phi conv for a scale of this quantizer's schedule."""
@@ -266,15 +268,42 @@ class MultiScaleQuantizer(nn.Module):
         f_rest = f_no_grad.clone()
         f_hat = torch.zeros_like(f_rest)
         loss = f_BChw.new_zeros(())
+        residuals = []
         for si, pn in enumerate(self.patch_nums):
             rest = F.interpolate(f_rest, size=(pn, pn), mode="area") if pn != H else f_rest
-            idx_N = self.nearest(rest.permute(0, 2, 3, 1).reshape(-1, C))
+            rest_NC = rest.permute(0, 2, 3, 1).reshape(-1, C)
+            idx_N = self.nearest(rest_NC)
+            if self.training:
+                with torch.no_grad():
+                    hits = idx_N.bincount(minlength=self.vocab_size).to(self.ema_vocab_hit_SV.dtype)
+                    self.ema_vocab_hit_SV[si].mul_(0.9).add_(hits, alpha=0.1)
+                residuals.append(rest_NC)
             h = self.upsampled_codes(idx_N.view(B, pn * pn), si, H)
             f_hat = f_hat + h
             f_rest = f_rest - h.detach()
             loss = loss + F.mse_loss(f_hat.detach(), f_BChw) * self.beta + F.mse_loss(f_hat, f_no_grad)
         loss = loss / len(self.patch_nums)
+        if self.training:
+            self.recent_residuals = torch.cat(residuals)
         return (f_hat.detach() - f_no_grad) + f_BChw, loss
+
+    @torch.no_grad()
+    def restart_dead_codes(self, min_hits: float, generator: torch.Generator | None = None) -> int:
+        """Re-seed every code hit less than `min_hits` times per step (summed over scales) with a
+        residual vector the last training pass actually had to quantise; returns how many.
+
+        Without this a codebook trained by gradient alone collapses onto a few dozen codes (the
+        first demo tokenizer used 30 of 512 at its finest scale), which caps what any transformer
+        on top of it can draw. Calling it before the first step is a data-dependent init."""
+        if self.recent_residuals is None:
+            raise RuntimeError("restart_dead_codes needs one training pass first")
+        dead = (self.ema_vocab_hit_SV.sum(0) < min_hits).nonzero().flatten()
+        if len(dead):
+            rows = self.recent_residuals
+            pick = torch.randint(len(rows), (len(dead),), generator=generator)
+            self.embedding.weight[dead] = rows[pick].to(self.embedding.weight.dtype)
+            self.ema_vocab_hit_SV[:, dead] = min_hits  # a grace period before it can be re-seeded
+        return len(dead)
 
     def teacher_inputs(self, idx_per_scale: list[torch.Tensor]) -> torch.Tensor:
         """Transformer inputs for scales 1..n-1: f_hat so far, area-downsampled to the next size.

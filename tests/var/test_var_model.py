@@ -142,6 +142,30 @@ def test_tokenizer_encode_matches_training_fhat():
     assert idx[0][:, 0].tolist() == d.argmin(dim=1).tolist()
 
 
+def test_dead_codes_are_reseeded_with_residuals_the_tokenizer_saw():
+    cfg = tiny_config()
+    vqvae, _ = build_models(cfg)
+    q = vqvae.quantize
+    img = torch.rand(4, 3, cfg.image_size, cfg.image_size) * 2 - 1
+    with pytest.raises(RuntimeError, match="training pass"):
+        q.restart_dead_codes(0.5)
+    with torch.no_grad():
+        q.train()(vqvae.quant_conv(vqvae.encoder(img)))
+    rows = q.recent_residuals
+    assert rows.shape == (4 * sum(pn * pn for pn in cfg.var.patch_nums), cfg.vqvae.z_channels)
+    # usage is counted per scale: one hit per token of that scale, scaled by the moving average's 0.1
+    torch.testing.assert_close(q.ema_vocab_hit_SV.sum(1), 0.1 * 4 * torch.tensor([pn * pn for pn in cfg.var.patch_nums]).float())
+    live = q.ema_vocab_hit_SV.sum(0) >= 0.5
+    before = q.embedding.weight.detach().clone()
+    n = q.restart_dead_codes(0.5, torch.Generator().manual_seed(0))
+    after = q.embedding.weight.detach()
+    assert n == int((~live).sum()) > 0
+    torch.testing.assert_close(after[live], before[live])  # codes in use are kept
+    # every re-seeded code is now exactly one of the residual vectors the pass quantised
+    assert all((rows == code).all(1).any() for code in after[~live])
+    assert q.restart_dead_codes(0.5) == 0  # a grace period: nothing is re-seeded twice in a row
+
+
 def test_top_k_top_p_filtering():
     logits = torch.log(torch.tensor([[[0.5, 0.3, 0.15, 0.05]]]))
     assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [[[False, False, True, True]]]
