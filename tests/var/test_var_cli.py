@@ -145,3 +145,33 @@ def test_train_command_runs_a_short_training(tmp_path, monkeypatch):
         assert load_var_model(str(out)).config.name == model
     result = runner.invoke(app, ["var", "train", "--model", "random:tiny"])
     assert result.exit_code != 0 and "trains the shipped demos" in str(result.exception)
+
+
+def test_tokenizer_stage_trains_at_its_own_thread_count(tmp_path, monkeypatch):
+    """The demo-var recipe trains its tokenizer at 1 thread (at 2 the same recipe gave a worse
+    tokenizer); the transformer stage then gets `threads` back."""
+    import torch
+
+    from ecad_ray.var import train as train_mod
+
+    seen = {}
+    real_vq, real_var = train_mod.train_vqvae, train_mod.train_var
+
+    def vq(*args, **kwargs):
+        seen["tokenizer"] = torch.get_num_threads()
+        return real_vq(*args, **kwargs)
+
+    def var(*args, **kwargs):
+        seen["transformer"] = torch.get_num_threads()
+        return real_var(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_vqvae", vq)
+    monkeypatch.setattr(train_mod, "train_var", var)
+    before = torch.get_num_threads()
+    tc = dataclasses.replace(train_mod.RECIPES["demo-var-digits"], vq_steps=2, var_steps=2, batch_size=8, warmup=1,
+                             num_images=32, threads=2, vq_threads=1)
+    try:
+        train_mod.train_demo(tmp_path / "m.safetensors", tc=tc, log=lambda m: None)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == {"tokenizer": 1, "transformer": 2}
