@@ -150,7 +150,7 @@ def demo_config() -> VarModelConfig:
         vqvae=VQVAEConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=16, vocab_size=512, num_groups=8),
         var=VARConfig(depth=6, embed_dim=128, num_heads=4, patch_nums=(1, 2, 3, 4, 6, 8), cond="text",
                       text_encoder="demo", text_pooling="tokens", text_tokens=16, text_dim=16 * 128),
-        sampling=SamplingConfig(cfg=3.0, top_k=0, top_p=0.6),
+        sampling=SamplingConfig(cfg=3.0, top_k=0, top_p=0.4),
     )
 
 
