@@ -164,7 +164,7 @@ def train_cmd(
     seed: Annotated[int, typer.Option(help="Seed of data order and initial weights.")] = 0,
     threads: Annotated[Optional[int], typer.Option(help="Torch threads (default: the model's recipe).")] = None,
 ) -> None:
-    """Train a shipped demo VAR on a CPU: tokenizer, then transformer (demo-var: ~50 min on 2 cores)."""
+    """Train a shipped demo VAR on a CPU: tokenizer, then transformer (demo-var: ~40 min on 2 cores)."""
     from ecad_ray.var.train import train_recipe
 
     train_recipe(model, output, vq_steps=vq_steps, var_steps=var_steps, batch_size=batch_size, seed=seed,
