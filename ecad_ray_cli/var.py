@@ -162,7 +162,9 @@ def train_cmd(
     var_steps: Annotated[Optional[int], typer.Option(help="Transformer updates (default: the model's recipe).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per update (default: the model's recipe).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of data order and initial weights.")] = 0,
-    threads: Annotated[Optional[int], typer.Option(help="Torch threads (default: the model's recipe).")] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        help="Torch threads (default: the recipe's). A recipe that pins its tokenizer's threads keeps them: "
+             "demo-var trains its tokenizer at 1, for reproducible weights.")] = None,
 ) -> None:
     """Train a shipped demo VAR on a CPU: tokenizer, then transformer (demo-var: ~40 min on 2 cores)."""
     from ecad_ray.var.train import train_recipe
